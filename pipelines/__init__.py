@@ -1,0 +1,1 @@
+"""Enclave's Dagster code location: thin assets over the ``rag`` library (see definitions.py)."""

@@ -1,0 +1,23 @@
+"""Enclave's Dagster code location: ``dagster dev -m pipelines.definitions``."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from pipelines import assets, checks
+from pipelines.jobs import ingest_documents_job
+from pipelines.resources import EnclaveResource
+from pipelines.schedules import nightly_ingest
+from pipelines.sensors import watched_source_sensor
+from rag.config import enforce_offline
+
+enforce_offline()
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules([assets]),
+    asset_checks=dg.load_asset_checks_from_modules([checks]),
+    jobs=[ingest_documents_job],
+    schedules=[nightly_ingest],
+    sensors=[watched_source_sensor],
+    resources={"enclave": EnclaveResource()},
+)

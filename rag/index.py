@@ -1,0 +1,269 @@
+"""FaissIndex: the vector index of chunk embeddings, kept in step with the catalog.
+
+- Ids are catalog chunk ids (``IndexIDMap2``), so the index can be reconciled against the
+  catalog at any time: ``reconcile`` adds what the catalog has and the index lacks, and removes
+  what the index has and the catalog no longer holds.
+- Exact inner-product search while the index is small; HNSW past ``exact_max`` vectors
+  (see bench/index_scale.py for where the crossover was measured).
+- Deletion: exact CPU indexes ``remove_ids``; HNSW and GPU indexes cannot, so removed ids become
+  tombstones that search filters out, and the index is rebuilt once tombstones pass a quarter.
+- Saving is atomic: a new generation directory is written and fsynced, then one manifest file
+  is switched with ``os.replace``. A crash leaves the previous generation in force; since the
+  catalog is the state of record, the next reconcile converges either way.
+- Files are always saved in CPU form; GPU resources are used for search when
+  ``faiss.get_num_gpus() > 0`` and the device allows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from rag.errors import IndexIntegrityError
+
+MANIFEST = "manifest.json"
+TOMBSTONE_REBUILD_FRACTION = 0.25
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 128
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    added: int
+    removed: int
+    rebuilt: bool
+    total: int
+    kind: str
+    generation: int
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with path.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def gpu_count() -> int:
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get is not None else 0
+
+
+class FaissIndex:
+    def __init__(self, directory: Path, dim: int, model_id: str, exact_max: int = 50_000, device: str = "auto") -> None:
+        self.directory = Path(directory)
+        self.dim = dim
+        self.model_id = model_id
+        self.exact_max = exact_max
+        self.device = device
+        self.generation = 0
+        self.kind = "flat"
+        self._index: Any = self._empty("flat")
+        self._tombstones: set[int] = set()
+        self._gpu_index: Any = None
+        self._lock = threading.RLock()
+        self.load()
+
+    # --- construction ---------------------------------------------------------------------------
+
+    def _empty(self, kind: str) -> Any:
+        base: Any
+        if kind == "hnsw":
+            base = faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            base.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+            base.hnsw.efSearch = HNSW_EF_SEARCH
+        else:
+            base = faiss.IndexFlatIP(self.dim)
+        return faiss.IndexIDMap2(base)
+
+    def _use_gpu(self) -> bool:
+        return self.device != "cpu" and gpu_count() > 0
+
+    # --- persistence ----------------------------------------------------------------------------
+
+    def load(self) -> None:
+        manifest_path = self.directory / MANIFEST
+        if not manifest_path.exists():
+            return
+        manifest = json.loads(manifest_path.read_text())
+        if manifest["model_id"] != self.model_id or manifest["dim"] != self.dim:
+            # Another embedding model built this index: start empty, reconcile rebuilds it.
+            return
+        gen_dir = self.directory / manifest["path"]
+        index = faiss.read_index(str(gen_dir / "index.faiss"))
+        tomb = np.load(gen_dir / "tombstones.npy") if (gen_dir / "tombstones.npy").exists() else np.zeros(0)
+        with self._lock:
+            self._index, self.kind, self.generation = index, manifest["kind"], int(manifest["generation"])
+            self._tombstones = {int(x) for x in tomb}
+            self._gpu_index = None
+
+    def save(self) -> None:
+        with self._lock:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            generation = self.generation + 1
+            gen_name = f"gen-{generation:08d}"
+            gen_dir = self.directory / gen_name
+            if gen_dir.exists():
+                shutil.rmtree(gen_dir)
+            gen_dir.mkdir()
+            data = faiss.serialize_index(self._index).tobytes()
+            _write_durably(gen_dir / "index.faiss", data)
+            tomb = np.array(sorted(self._tombstones), dtype=np.int64)
+            with (gen_dir / "tombstones.npy").open("wb") as fh:
+                np.save(fh, tomb)
+                fh.flush()
+                os.fsync(fh.fileno())
+            _fsync_dir(gen_dir)
+            manifest = {
+                "generation": generation, "path": gen_name, "kind": self.kind, "dim": self.dim,
+                "model_id": self.model_id, "vectors": int(self._index.ntotal), "tombstones": len(tomb),
+                "index_sha256": hashlib.sha256(data).hexdigest(),
+            }
+            tmp = self.directory / (MANIFEST + ".tmp")
+            _write_durably(tmp, json.dumps(manifest, indent=2).encode())
+            os.replace(tmp, self.directory / MANIFEST)
+            _fsync_dir(self.directory)
+            self.generation = generation
+            for old in self.directory.glob("gen-*"):
+                if old.name != gen_name and old.name < gen_name:
+                    shutil.rmtree(old, ignore_errors=True)
+
+    @property
+    def version(self) -> str:
+        """What an audit record names: generation and content hash of the manifest in force."""
+        manifest_path = self.directory / MANIFEST
+        if not manifest_path.exists():
+            return "empty"
+        manifest = json.loads(manifest_path.read_text())
+        return f"gen-{manifest['generation']}:{manifest['index_sha256'][:16]}"
+
+    # --- contents -------------------------------------------------------------------------------
+
+    def ids(self) -> np.ndarray:
+        """Live ids: those stored minus tombstones."""
+        with self._lock:
+            stored = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+            if not self._tombstones:
+                return np.sort(stored)
+            return np.sort(np.setdiff1d(stored, np.fromiter(self._tombstones, dtype=np.int64)))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._index.ntotal) - len(self._tombstones)
+
+    def reconcile(self, desired_ids: np.ndarray, fetch: Callable[[Sequence[int]], np.ndarray],
+                  batch: int = 4096) -> ReconcileReport:
+        """Make the index hold exactly ``desired_ids``; ``fetch`` returns their vectors from the catalog."""
+        with self._lock:
+            desired = np.unique(desired_ids.astype(np.int64))
+            present = self.ids()
+            to_remove = np.setdiff1d(present, desired)
+            to_add = np.setdiff1d(desired, present)
+            want_kind = "hnsw" if len(desired) > self.exact_max else "flat"
+            tomb_after = len(self._tombstones) + (len(to_remove) if self.kind == "hnsw" else 0)
+            rebuild = want_kind != self.kind or (
+                self._index.ntotal > 0 and tomb_after > TOMBSTONE_REBUILD_FRACTION * self._index.ntotal)
+            if rebuild:
+                index = self._empty(want_kind)
+                for start in range(0, len(desired), batch):
+                    ids = desired[start:start + batch]
+                    index.add_with_ids(fetch(ids), ids)
+                self._index, self.kind, self._tombstones = index, want_kind, set()
+            else:
+                if len(to_remove):
+                    if self.kind == "flat":
+                        self._index.remove_ids(faiss.IDSelectorBatch(to_remove))
+                    else:
+                        self._tombstones.update(int(x) for x in to_remove)
+                for start in range(0, len(to_add), batch):
+                    ids = to_add[start:start + batch]
+                    # an id re-added after being tombstoned: drop the tombstone and the stale copy
+                    revived = [int(x) for x in ids if int(x) in self._tombstones]
+                    if revived:
+                        raise IndexIntegrityError(f"chunk ids {revived[:5]} were reused; catalog ids must be unique")
+                    self._index.add_with_ids(fetch(ids), ids)
+            self._gpu_index = None
+            changed = rebuild or len(to_add) > 0 or len(to_remove) > 0
+            if changed or not (self.directory / MANIFEST).exists():
+                self.save()
+            return ReconcileReport(len(to_add), len(to_remove), rebuild, len(self), self.kind, self.generation)
+
+    # --- search ---------------------------------------------------------------------------------
+
+    def _searchable(self) -> Any:
+        if not self._use_gpu():
+            return self._index
+        if self._gpu_index is None:
+            res = faiss.StandardGpuResources()
+            self._gpu_index = faiss.index_cpu_to_gpu(res, 0, self._index)
+        return self._gpu_index
+
+    def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, ids) per query, over ``allowed_ids`` only when given (filter before ranking)."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        with self._lock:
+            if self._index.ntotal == 0 or k <= 0:
+                return (np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64))
+            if allowed_ids is not None:
+                allowed = np.asarray(allowed_ids, dtype=np.int64)
+                if self._tombstones:
+                    allowed = np.setdiff1d(allowed, np.fromiter(self._tombstones, dtype=np.int64))
+                if len(allowed) == 0:
+                    return (np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64))
+                selector: Any = faiss.IDSelectorBatch(allowed)
+            elif self._tombstones:
+                selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.fromiter(self._tombstones, dtype=np.int64)))
+            else:
+                selector = None
+            k = min(k, int(self._index.ntotal))
+            if self._use_gpu():
+                return self._search_gpu(queries, k, allowed_ids)
+            params: Any
+            if self.kind == "hnsw":
+                params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(HNSW_EF_SEARCH, k)) if selector \
+                    else faiss.SearchParametersHNSW(efSearch=max(HNSW_EF_SEARCH, k))
+            else:
+                params = faiss.SearchParameters(sel=selector) if selector else None
+            scores, ids = self._index.search(queries, k, params=params)
+            return scores, ids
+
+    def _search_gpu(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """GPU indexes take no selectors: search wider and filter, widening until k survive."""
+        index = self._searchable()
+        allowed = set(int(x) for x in allowed_ids) if allowed_ids is not None else None
+        total = int(self._index.ntotal)
+        out_s = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        out_i = np.full((len(queries), k), -1, dtype=np.int64)
+        wide = min(total, max(4 * k, 64))
+        while True:
+            scores, ids = index.search(queries, min(wide, 2048))
+            done = True
+            for q in range(len(queries)):
+                keep = [(s, i) for s, i in zip(scores[q], ids[q], strict=True)
+                        if i >= 0 and int(i) not in self._tombstones and (allowed is None or int(i) in allowed)]
+                for j, (s, i) in enumerate(keep[:k]):
+                    out_s[q, j], out_i[q, j] = s, i
+                if len(keep) < k and wide < min(total, 2048):
+                    done = False
+            if done:
+                return out_s, out_i
+            wide = min(total, wide * 4)

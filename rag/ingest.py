@@ -1,0 +1,248 @@
+"""Ingestion steps: the library behind the Dagster assets (and so behind the CLI and the tests).
+
+    scan_source     what the source holds now vs. the catalog: new, changed, unchanged, deleted
+    redact_documents  parse → chunk → redact, in isolated workers, one step per document; only
+                      redacted chunks come back to this process and reach the catalog
+    embed_chunks    embed chunks that have no vector for the current model
+    sync_index      make the FAISS index (and the BM25 index) hold exactly the catalog's chunks
+
+Each step is idempotent: its input is the catalog's state, and each document is written in one
+transaction, so a retried or resumed run converges to the state of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from connectors.base import Connector, SourceDocument
+from rag.catalog.store import CatalogStore, NewChunk
+from rag.errors import AccessRuleMissingError, QuarantineReason
+from rag.parsing import ParsedChunk, ParseLimits
+from rag.policy import Policy, load_policy
+from rag.workers import FileJob, ParsePool
+
+log = logging.getLogger(__name__)
+
+# Bump when parsing, chunking or redaction changes in a way that should re-process documents.
+PIPELINE_VERSION = "2026.11.1"
+
+
+def pipeline_version(limits: ParseLimits) -> str:
+    digest = hashlib.sha256(f"{PIPELINE_VERSION}|{limits.chunk_max_tokens}".encode()).hexdigest()[:8]
+    return f"{PIPELINE_VERSION}+{digest}"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What the source holds compared to the catalog. Holds uris and hashes, never text."""
+
+    source_id: int
+    to_process: tuple[SourceDocument, ...]
+    new: int
+    changed: int
+    unchanged: int
+    deleted: tuple[str, ...]
+    still_quarantined: int
+    access_changed: tuple[tuple[int, dict[str, Any]], ...] = ()
+
+    def counts(self) -> dict[str, int]:
+        return {"new": self.new, "changed": self.changed, "unchanged": self.unchanged,
+                "deleted": len(self.deleted), "still_quarantined": self.still_quarantined,
+                "access_changed": len(self.access_changed)}
+
+
+def apply_manifest(manifest: Manifest, catalog: CatalogStore) -> None:
+    """Apply what needs no parsing: forget deleted documents, re-tag documents whose rule changed."""
+    if manifest.deleted:
+        catalog.delete_documents(manifest.source_id, manifest.deleted)
+    for doc_id, access in manifest.access_changed:
+        catalog.update_access(doc_id, access)
+
+
+def scan_source(connector: Connector, catalog: CatalogStore, source_id: int, policy: Policy,
+                version: str) -> Manifest:
+    """Diff the source against the catalog. Refuses (deny by default) if any document has no access rule."""
+    docs = list(connector.scan())
+    no_rule = [d.uri for d in docs if d.access is None]
+    if no_rule:
+        shown = ", ".join(no_rule[:5]) + (" ..." if len(no_rule) > 5 else "")
+        raise AccessRuleMissingError(
+            f"{len(no_rule)} document(s) in source {connector.name!r} have no access rule ({shown}); "
+            "add an .access.json ({\"groups\": [...]} or {\"public\": true}) or pass --groups/--public. "
+            "Nothing was ingested.")
+    known = catalog.known_documents(source_id)
+    quarantined = catalog.known_quarantine(source_id)
+    to_process: list[SourceDocument] = []
+    access_changed: list[tuple[int, dict[str, Any]]] = []
+    new = changed = unchanged = still_q = 0
+    for d in docs:
+        k = known.get(d.uri)
+        q = quarantined.get(d.uri)
+        if q is not None and q.sha256 == d.sha256 and q.pipeline_version == version:
+            still_q += 1
+            continue
+        if k is None:
+            new += 1
+            to_process.append(d)
+        elif (k.sha256 != d.sha256 or k.policy_hash != policy.content_hash or k.pipeline_version != version):
+            changed += 1
+            to_process.append(d)
+        else:
+            unchanged += 1
+            assert d.access is not None
+            if k.access != d.access.to_json():
+                # a revoked or widened rule must apply now, not at the document's next edit
+                access_changed.append((k.id, d.access.to_json()))
+    seen = {d.uri for d in docs}
+    deleted = tuple(sorted(u for u in set(known) | set(quarantined) if u not in seen))
+    return Manifest(source_id, tuple(to_process), new, changed, unchanged, deleted, still_q, tuple(access_changed))
+
+
+# --- parse + chunk + redact, inside the worker --------------------------------------------------
+
+
+class RedactionTransform:
+    """Runs in each parse worker: redacts all chunks of a batch of files in one batched call."""
+
+    def __init__(self, policy_ref: str, policies_dir: str, tenant_key: bytes) -> None:
+        from rag.redaction import PresidioRedactor
+
+        self.redactor = PresidioRedactor(load_policy(policy_ref, Path(policies_dir)), tenant_key=tenant_key)
+        self.redactor.warm_up()
+
+    def __call__(self, files: list[tuple[str, list[ParsedChunk]]]) -> list[list[NewChunk]]:
+        texts = [c.text for _, chunks in files for c in chunks]
+        results = iter(self.redactor.redact_many(texts))
+        out: list[list[NewChunk]] = []
+        for _, chunks in files:
+            redacted: list[NewChunk] = []
+            for c in chunks:
+                r = next(results)
+                redacted.append(NewChunk(ordinal=c.ordinal, text=r.text,
+                                         content_hash=hashlib.sha256(r.text.encode()).hexdigest(),
+                                         title=None, page=c.page, entity_counts=dict(r.counts)))
+            out.append(redacted)
+        return out
+
+
+def redaction_transform_factory(policy_ref: str, policies_dir: str, tenant_key: bytes) -> Callable[[], RedactionTransform]:
+    return partial(RedactionTransform, policy_ref, policies_dir, tenant_key)
+
+
+@dataclass
+class RedactStats:
+    processed: int = 0
+    stored: int = 0
+    quarantined: int = 0
+    chunks_written: int = 0
+    quarantine_by_reason: Counter[str] = field(default_factory=Counter)
+    entities_removed: Counter[str] = field(default_factory=Counter)
+    bytes_in: int = 0
+    seconds: float = 0.0
+
+
+def _jobs(connector: Connector, docs: tuple[SourceDocument, ...], catalog: CatalogStore, source_id: int,
+          version: str, run_id: int | None, stats: RedactStats) -> Iterator[FileJob]:
+    for d in docs:
+        try:
+            data = connector.read(d.uri)
+        except OSError as exc:
+            catalog.quarantine(source_id=source_id, uri=d.uri, sha256=d.sha256, size=d.size,
+                               reason=QuarantineReason.READ_ERROR.value, detail=type(exc).__name__,
+                               pipeline_version=version, run_id=run_id)
+            stats.quarantined += 1
+            stats.quarantine_by_reason[QuarantineReason.READ_ERROR.value] += 1
+            continue
+        if hashlib.sha256(data).hexdigest() != d.sha256:
+            # changed between scan and read: the next run picks up the new content
+            log.info("document changed during the run; skipped until next run", extra={"uri": d.uri})
+            continue
+        stats.bytes_in += len(data)
+        yield FileJob(key=d.uri, filename=d.name, data=data)
+
+
+def redact_documents(manifest: Manifest, connector: Connector, catalog: CatalogStore, policy: Policy,
+                     limits: ParseLimits, version: str, *, workers: int, timeout_s: float, memory_mb: int,
+                     policies_dir: Path, tenant_key: bytes, run_id: int | None = None,
+                     on_progress: Callable[[int], None] | None = None) -> RedactStats:
+    stats = RedactStats()
+    started = time.perf_counter()
+    by_uri = {d.uri: d for d in manifest.to_process}
+    if not by_uri:
+        return stats
+    factory = redaction_transform_factory(policy.name, str(policies_dir), tenant_key)
+    with ParsePool(workers=workers, timeout_s=timeout_s, memory_mb=memory_mb, limits=limits,
+                   transform_factory=factory) as pool:
+        for outcome in pool.process(_jobs(connector, manifest.to_process, catalog, manifest.source_id,
+                                          version, run_id, stats)):
+            d = by_uri[outcome.key]
+            stats.processed += 1
+            if outcome.quarantine is not None:
+                reason, detail = outcome.quarantine
+                catalog.quarantine(source_id=manifest.source_id, uri=d.uri, sha256=d.sha256, size=d.size,
+                                   reason=QuarantineReason(reason).value, detail=detail,
+                                   pipeline_version=version, run_id=run_id)
+                stats.quarantined += 1
+                stats.quarantine_by_reason[QuarantineReason(reason).value] += 1
+            else:
+                chunks: list[NewChunk] = list(outcome.chunks or [])
+                assert d.access is not None  # scan_source refused documents without a rule
+                catalog.store_document(source_id=manifest.source_id, uri=d.uri, sha256=d.sha256, size=d.size,
+                                       access=d.access.to_json(), policy_name=policy.name,
+                                       policy_hash=policy.content_hash, pipeline_version=version, chunks=chunks)
+                stats.stored += 1
+                stats.chunks_written += len(chunks)
+                for c in chunks:
+                    stats.entities_removed.update(c.entity_counts)
+            if on_progress is not None:
+                on_progress(1)
+    stats.seconds = time.perf_counter() - started
+    return stats
+
+
+# --- embedding and index --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmbedStats:
+    embedded: int
+    seconds: float
+
+
+def embed_chunks(catalog: CatalogStore, embedder: Any, batch: int = 512,
+                 on_progress: Callable[[int], None] | None = None) -> EmbedStats:
+    started = time.perf_counter()
+    model_id = embedder.model_id
+    done = 0
+    while True:
+        rows = catalog.chunks_needing_embedding(model_id, batch)
+        if not rows:
+            break
+        ids = [r[0] for r in rows]
+        vectors = embedder.embed([r[1] for r in rows])
+        catalog.set_embeddings(model_id, ids, vectors)
+        done += len(ids)
+        if on_progress is not None:
+            on_progress(len(ids))
+    return EmbedStats(done, time.perf_counter() - started)
+
+
+def sync_index(catalog: CatalogStore, index: Any, lexical: Any | None = None) -> dict[str, Any]:
+    """Make the vector index (and the BM25 index, when given) hold exactly the catalog's embedded chunks."""
+    started = time.perf_counter()
+    desired = catalog.embedded_chunk_ids(index.model_id)
+    report = index.reconcile(desired, lambda ids: catalog.embeddings_for(ids, index.dim))
+    out: dict[str, Any] = {"added": report.added, "removed": report.removed, "rebuilt": report.rebuilt,
+                           "vectors": report.total, "kind": report.kind, "generation": report.generation}
+    if lexical is not None:
+        out["lexical_documents"] = lexical.sync(catalog, desired)
+    out["seconds"] = time.perf_counter() - started
+    return out

@@ -1,0 +1,107 @@
+"""Bm25Index: the lexical half of hybrid retrieval, built with ``bm25s`` over redacted chunk text.
+
+It lives next to the FAISS index and is rebuilt by the ``vector_index`` asset whenever the set of
+chunks changes (bm25s has no incremental update; a rebuild of 100k chunks takes seconds), so
+ingest and delete keep it in step. Saved like the vector index: a new generation directory,
+then one manifest switched atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import bm25s
+import numpy as np
+
+MANIFEST = "manifest.json"
+
+
+def _tokenize(texts: list[str], as_strings: bool = False) -> Any:
+    return bm25s.tokenize(texts, stopwords="en", show_progress=False, return_ids=not as_strings)
+
+
+class Bm25Index:
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self._lock = threading.Lock()
+        self._model: Any = None
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._digest = ""
+        self._loaded_path = ""
+
+    def _manifest(self) -> dict[str, Any] | None:
+        path = self.directory / MANIFEST
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def _load(self) -> None:
+        manifest = self._manifest()
+        if manifest is None or manifest["path"] == self._loaded_path:
+            return
+        gen = self.directory / manifest["path"]
+        ids = np.load(gen / "ids.npy")
+        model = bm25s.BM25.load(str(gen / "bm25"), mmap=False) if len(ids) else None
+        self._model, self._ids, self._digest, self._loaded_path = model, ids, manifest["digest"], manifest["path"]
+
+    def sync(self, catalog: Any, ids: np.ndarray) -> int:
+        """Rebuild from the catalog's texts of ``ids`` unless the saved index already holds exactly them."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        digest = hashlib.sha256(ids.tobytes()).hexdigest()
+        with self._lock:
+            manifest = self._manifest()
+            if manifest is not None and manifest["digest"] == digest:
+                return len(ids)
+            views = catalog.chunk_views(ids.tolist())
+            ids = np.array([i for i in ids if int(i) in views], dtype=np.int64)
+            texts = [views[int(i)].text for i in ids]
+            generation = (manifest["generation"] + 1) if manifest else 1
+            gen_name = f"gen-{generation:08d}"
+            gen_dir = self.directory / gen_name
+            shutil.rmtree(gen_dir, ignore_errors=True)
+            gen_dir.mkdir(parents=True)
+            if len(ids):
+                model = bm25s.BM25()
+                model.index(_tokenize(texts), show_progress=False)
+                model.save(str(gen_dir / "bm25"), show_progress=False)
+            np.save(gen_dir / "ids.npy", ids)
+            for p in gen_dir.rglob("*"):
+                if p.is_file():
+                    with p.open("rb") as fh:
+                        os.fsync(fh.fileno())
+            tmp = self.directory / (MANIFEST + ".tmp")
+            tmp.write_text(json.dumps({"generation": generation, "path": gen_name, "digest": digest,
+                                       "documents": len(ids)}))
+            with tmp.open("rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.directory / MANIFEST)
+            for old in self.directory.glob("gen-*"):
+                if old.name < gen_name:
+                    shutil.rmtree(old, ignore_errors=True)
+            return len(ids)
+
+    def search(self, query: str, k: int, allowed_ids: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """Top-k (chunk id, score), over ``allowed_ids`` only when given (filter before ranking)."""
+        with self._lock:
+            self._load()
+            if self._model is None or k <= 0:
+                return []
+            mask = None
+            if allowed_ids is not None:
+                mask = np.isin(self._ids, np.asarray(allowed_ids, dtype=np.int64)).astype(np.float32)
+                if not mask.any():
+                    return []
+            tokens = [t for t in _tokenize([query], as_strings=True)[0] if t in self._model.vocab_dict]
+            if not tokens:
+                return []
+            k = min(k, len(self._ids))
+            docs, scores = self._model.retrieve([tokens], k=k, show_progress=False, weight_mask=mask, n_threads=1)
+            out = []
+            for pos, score in zip(docs[0], scores[0], strict=True):
+                if score > 0 and (mask is None or mask[int(pos)] > 0):
+                    out.append((int(self._ids[int(pos)]), float(score)))
+            return out

@@ -1,0 +1,80 @@
+"""Shared fixtures: a temporary ENCLAVE_HOME, the sample corpus, the shared corpora, a PostgreSQL URL.
+
+Outbound network is blocked for the whole run, in this process and every Python subprocess
+(tests/netguard/sitecustomize.py through PYTHONPATH): the suite proves Enclave runs offline.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+SHARED = ROOT.parent / "shared"
+SAMPLE_CORPUS = TESTS / "fixtures" / "sample-corpus"
+
+_guard_dir = str(TESTS / "netguard")
+os.environ["ENCLAVE_BLOCK_EGRESS"] = "1"
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_guard_dir, str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("SCARF_NO_ANALYTICS", "true")
+sys.path.insert(0, _guard_dir)
+import sitecustomize as _netguard  # noqa: E402
+
+_netguard.install()
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, or skip the test saying why."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent (the shared corpora sit beside the checkout in ../shared)")
+    return path
+
+
+@pytest.fixture
+def enclave_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "enclave-home"
+    monkeypatch.setenv("ENCLAVE_HOME", str(home))
+    monkeypatch.delenv("ENCLAVE_DATABASE_URL", raising=False)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    return home
+
+
+@pytest.fixture
+def sample_corpus(tmp_path: Path) -> Path:
+    """A private copy of the bundled sample corpus that a test may change."""
+    dest = tmp_path / "corpus"
+    shutil.copytree(SAMPLE_CORPUS, dest)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this session, or skip where no server URL is configured."""
+    url = os.environ.get("ENCLAVE_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("ENCLAVE_TEST_POSTGRES_URL is not set (CI sets it; see .ci/run)")
+    import uuid
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"enclave_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
