@@ -97,6 +97,154 @@ def status(quarantine: bool, as_json: bool) -> None:
         _echo_counts(f"catalog {settings.database_url.split('@')[-1]}", data)
 
 
+@main.command()
+@click.option("--limit", default=5, show_default=True, help="How many chunks to show.")
+@click.option("--uri", default="", help="Only chunks of documents whose uri contains this.")
+def chunks(limit: int, uri: str) -> None:
+    """Show stored chunks as they were indexed: redacted text, access rule, policy."""
+    from sqlalchemy import select
+
+    from rag.catalog.models import Chunk, Document
+    from rag.catalog.store import CatalogStore
+
+    settings = load_settings()
+    catalog = CatalogStore(settings.database_url)
+    catalog.migrate()
+    with catalog.session() as s:
+        q = select(Chunk, Document.uri).join(Document).order_by(Chunk.id).limit(limit)
+        if uri:
+            q = q.where(Document.uri.contains(uri))
+        for chunk, doc_uri in s.execute(q):
+            click.echo(f"--- chunk {chunk.id} of {doc_uri} (v{chunk.document_version}) access={json.dumps(chunk.access)}"
+                       f" policy={chunk.policy_name} removed={json.dumps(chunk.entity_counts)}")
+            click.echo(chunk.text)
+
+
+def _groups(groups: str) -> list[str]:
+    return [g.strip() for g in groups.split(",") if g.strip()]
+
+
+@main.command()
+@click.argument("question")
+@click.option("--user", required=True, help="Who is asking (recorded in the audit log).")
+@click.option("--groups", default="", help="Comma-separated groups of the user.")
+@click.option("--k", default=10, show_default=True)
+@click.option("--mode", type=click.Choice(["hybrid", "dense", "bm25"]), default="hybrid", show_default=True)
+@click.option("--purpose", default=None, help="Why (recorded in the audit log).")
+@click.option("--json", "as_json", is_flag=True)
+def search(question: str, user: str, groups: str, k: int, mode: str, purpose: str | None, as_json: bool) -> None:
+    """Retrieval only: the chunks USER may see that best match QUESTION (audited)."""
+    from rag.query import QueryEngine
+
+    engine = QueryEngine(load_settings())
+    out = engine.search(question, user=user, groups=_groups(groups), k=k, mode=mode, purpose=purpose)  # type: ignore[arg-type]
+    hits = [{"chunk_id": h.chunk_id, "document_id": h.document_id, "source_uri": h.source_uri,
+             "score": round(h.score, 6), "text": h.text} for h in out.result.hits]
+    if as_json:
+        click.echo(json.dumps({"audit_id": out.audit.seq, "question_redacted": out.result.question, "hits": hits},
+                              indent=2))
+    else:
+        for i, h in enumerate(hits, 1):
+            click.echo(f"{i:>2}. [{h['score']:.4f}] {h['source_uri']} (chunk {h['chunk_id']})")
+            click.echo("    " + str(h["text"])[:200].replace("\n", " "))
+        click.echo(f"audit record {out.audit.seq}")
+    engine.close()
+
+
+@main.command()
+@click.argument("question")
+@click.option("--user", required=True)
+@click.option("--groups", default="")
+@click.option("--k", default=5, show_default=True)
+@click.option("--purpose", default=None)
+@click.option("--json", "as_json", is_flag=True)
+def ask(question: str, user: str, groups: str, k: int, purpose: str | None, as_json: bool) -> None:
+    """A cited answer from the self-hosted model, from what USER may see (audited)."""
+    from rag.query import QueryEngine
+
+    engine = QueryEngine(load_settings())
+    out = engine.ask(question, user=user, groups=_groups(groups), k=k, purpose=purpose)
+    citations = [{"passage_id": p.passage_id, "document_id": p.document_id, "source_uri": p.source_uri,
+                  "chunk_id": p.chunk_id} for p in out.answer.citations]
+    if as_json:
+        click.echo(json.dumps({"answer": out.answer.text, "outcome": out.answer.outcome, "citations": citations,
+                               "audit_id": out.audit.seq}, indent=2))
+    else:
+        click.echo(out.answer.text)
+        for c in citations:
+            click.echo(f"  [{c['passage_id']}] {c['source_uri']} (chunk {c['chunk_id']})")
+        click.echo(f"outcome {out.answer.outcome}; audit record {out.audit.seq}")
+    engine.close()
+    if out.answer.outcome in ("error", "timeout"):
+        sys.exit(3)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True)
+def serve(host: str, port: int) -> None:
+    """Run the HTTP query service (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from rag.service.app import create_app
+
+    uvicorn.run(create_app(load_settings()), host=host, port=port, log_level="info")
+
+
+@main.group()
+def audit() -> None:
+    """Export and verify the tamper-evident audit log."""
+
+
+@audit.command("verify")
+@click.option("--export", "export_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Verify an export file on its own instead of the live log.")
+def audit_verify(export_file: str | None) -> None:
+    """Recompute the hash chain; exit 1 naming the first bad record."""
+    from pathlib import Path
+
+    from rag.audit import AuditLog, verify_export
+
+    if export_file:
+        report = verify_export(Path(export_file))
+    else:
+        log = AuditLog(load_settings().audit_database_url)
+        log.migrate()
+        report = log.verify()
+    if report.ok:
+        click.echo(f"ok: {report.records} records, head {report.head_hash}")
+        return
+    click.echo(f"TAMPERED: first bad record seq={report.first_bad_seq}: {report.problem}", err=True)
+    sys.exit(1)
+
+
+def _when(value: str | None) -> Any:
+    from datetime import UTC, datetime
+
+    if not value:
+        return None
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@audit.command("export")
+@click.option("--since", default=None, help="ISO date/time (UTC if no zone).")
+@click.option("--until", default=None)
+@click.option("--user", default=None)
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False))
+def audit_export(since: str | None, until: str | None, user: str | None, fmt: str, out_file: str) -> None:
+    """Write records (and the chain head) to a file that verifies on its own."""
+    from pathlib import Path
+
+    from rag.audit import AuditLog
+
+    log = AuditLog(load_settings().audit_database_url)
+    log.migrate()
+    n = log.export(Path(out_file), since=_when(since), until=_when(until), user=user, fmt=fmt)  # type: ignore[arg-type]
+    click.echo(f"exported {n} records to {out_file}")
+
+
 def run() -> None:
     try:
         main(standalone_mode=True)

@@ -18,12 +18,16 @@ from typing import Any
 
 import bm25s
 import numpy as np
+import Stemmer
 
 MANIFEST = "manifest.json"
 
 
+_STEMMER = Stemmer.Stemmer("english")
+
+
 def _tokenize(texts: list[str], as_strings: bool = False) -> Any:
-    return bm25s.tokenize(texts, stopwords="en", show_progress=False, return_ids=not as_strings)
+    return bm25s.tokenize(texts, stopwords="en", stemmer=_STEMMER, show_progress=False, return_ids=not as_strings)
 
 
 class Bm25Index:

@@ -318,6 +318,13 @@ class CatalogStore:
                                           r.content_hash, r.access, r.policy_name, r.policy_hash)
         return out
 
+    def access_epoch(self) -> tuple[Any, ...]:
+        """Changes whenever a document is added, replaced, re-tagged or deleted (cheap to ask per query)."""
+        with self.session() as s:
+            row = s.execute(select(func.count(Document.id), func.max(Document.updated_at), func.max(Document.id),
+                                   func.sum(Document.version))).one()
+            return tuple(row)
+
     def chunk_access(self) -> dict[int, dict[str, Any]]:
         with self.session() as s:
             return {r.id: r.access for r in s.execute(select(Chunk.id, Chunk.access))}

@@ -1,0 +1,1 @@
+"""The HTTP query service (FastAPI): router (HTTP only), serving (the work), protocol (wire models)."""
