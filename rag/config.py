@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     home: Path = Field(default=Path("./.enclave"), description="Holds the catalog, index and audit log.")
     database_url: str = Field(default="", description="SQLAlchemy URL; SQLite in home by default.")
     audit_database_url: str = Field(default="", description="Audit log URL; defaults to database_url.")
+    audit_app_role: str = Field(default="", description="PostgreSQL role of the service: INSERT/SELECT only on audit rows.")
     embedding_model: str = Field(default_factory=_bundled_embedding_model)
     embedding_batch_size: int = 64
     device: Literal["auto", "cpu", "cuda"] = "auto"

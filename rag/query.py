@@ -53,7 +53,7 @@ class QueryEngine:
         self.catalog = CatalogStore(settings.database_url)
         self.catalog.migrate()
         self.audit = AuditLog(settings.audit_database_url)
-        self.audit.migrate()
+        self.audit.migrate(app_role=settings.audit_app_role or None)
         self.policy: Policy = load_policy(settings.policy, settings.policies_dir)
         self.embedder = SentenceTransformerEmbedder(settings.embedding_model, settings.device,
                                                     settings.embedding_batch_size)
