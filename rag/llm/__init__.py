@@ -1,0 +1,25 @@
+"""Language-model generators: one protocol, one module per backend (see :mod:`rag.llm.base`)."""
+
+from rag.llm.base import (
+    ENTRY_POINT_GROUP,
+    Generation,
+    GenerationFailure,
+    Generator,
+    GeneratorFailedError,
+    SamplingParams,
+    generator_factory,
+    generator_for,
+    register_generator,
+)
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Generation",
+    "GenerationFailure",
+    "Generator",
+    "GeneratorFailedError",
+    "SamplingParams",
+    "generator_factory",
+    "generator_for",
+    "register_generator",
+]

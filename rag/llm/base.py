@@ -1,0 +1,146 @@
+"""The generator contract: how the Answerer asks a language model for a schema-bound reply.
+
+A generator is anything with a ``backend`` name and ``generate(messages, schema, params)``.
+It receives chat messages, a JSON schema the reply must follow (enforced by the backend's
+constrained decoding), and sampling parameters, and returns a :class:`Generation`. Failures
+of the model (unreachable, timed out, rejected the request) are raised as
+:class:`GeneratorFailedError` with a typed :class:`GenerationFailure`, so the Answerer can
+record an outcome instead of letting an exception escape.
+
+Built-ins register by name (``llamacpp``, ``openai``, ``vllm``); third-party generators
+register a factory ``(Settings) -> Generator`` under the ``enclave.generators`` entry-point
+group. Backend modules are imported only when chosen, so optional heavy dependencies stay
+optional.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from rag.errors import ConfigurationError, GenerationError
+
+if TYPE_CHECKING:
+    from rag.config import Settings
+
+ChatMessage = Mapping[str, str]
+"""One chat message: ``{"role": "system" | "user" | "assistant", "content": ...}``."""
+
+JsonSchema = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample. Defaults are deterministic (greedy, fixed seed) so answers are reproducible."""
+
+    temperature: float = 0.0
+    max_tokens: int = 384
+    top_p: float = 1.0
+    seed: int | None = 0
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
+        if self.temperature < 0:
+            raise ValueError("temperature must not be negative")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SamplingParams:
+        return cls(temperature=settings.llm_temperature, max_tokens=settings.llm_max_tokens)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What a model returned, with the facts an auditor needs to reproduce it."""
+
+    text: str
+    model: str  # server-reported model id, or the model file name in process
+    model_hash: str | None  # sha256 of the weights file when the backend can know it
+    backend: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None  # "stop", "length", ... as the backend reports it
+
+
+class GenerationFailure(StrEnum):
+    """Why a generator produced no text."""
+
+    TIMEOUT = "timeout"
+    UNAVAILABLE = "unavailable"  # model server unreachable, model file missing
+    REJECTED = "rejected"  # the backend refused the request (bad schema, prompt too long)
+    FAILED = "failed"  # the backend failed while generating
+
+
+class GeneratorFailedError(GenerationError):
+    """A generator produced no text. The message names backend and cause, never the prompt."""
+
+    def __init__(self, failure: GenerationFailure, backend: str, detail: str) -> None:
+        super().__init__(f"{backend} generator {failure.value}: {detail}")
+        self.failure = failure
+        self.backend = backend
+        self.detail = detail
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """A language model behind Enclave's one generation call."""
+
+    backend: str
+
+    def generate(
+        self, messages: Sequence[ChatMessage], schema: JsonSchema | None, params: SamplingParams
+    ) -> Generation:
+        """Generate a reply to ``messages``; when ``schema`` is given the reply is JSON that
+        the backend constrained to it. Raises :class:`GeneratorFailedError` on model failure."""
+        ...
+
+
+GeneratorFactory = Callable[["Settings"], Generator]
+
+# Built-ins by name, as "module:function" so a backend's dependencies load only when chosen.
+_BUILT_INS: dict[str, str] = {
+    "llamacpp": "rag.llm.llamacpp:generator_from_settings",
+    "openai": "rag.llm.openai_compat:generator_from_settings",
+    "vllm": "rag.llm.vllm_engine:generator_from_settings",
+}
+_LOADED: dict[str, GeneratorFactory] = {}
+
+ENTRY_POINT_GROUP = "enclave.generators"
+
+
+def register_generator(name: str, factory: GeneratorFactory) -> None:
+    """Register a generator factory under ``name`` (for code that cannot ship an entry point)."""
+    _LOADED[name] = factory
+
+
+def generator_factory(name: str) -> GeneratorFactory:
+    """The factory registered as ``name``: a built-in, or one under ``enclave.generators``."""
+    if name in _LOADED:
+        return _LOADED[name]
+    if name in _BUILT_INS:
+        module_name, _, attribute = _BUILT_INS[name].partition(":")
+        factory: GeneratorFactory = getattr(importlib.import_module(module_name), attribute)
+    else:
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name == name:
+                factory = ep.load()
+                break
+        else:
+            known = ", ".join(sorted({*_BUILT_INS, *_LOADED}))
+            raise ConfigurationError(
+                f"no generator named {name!r} (built-in: {known}; others register under the "
+                f"{ENTRY_POINT_GROUP!r} entry-point group)"
+            )
+    _LOADED[name] = factory
+    return factory
+
+
+def generator_for(settings: Settings, name: str | None = None) -> Generator:
+    """Build the generator chosen by ``settings.llm_backend`` (or ``name``)."""
+    return generator_factory(name or settings.llm_backend)(settings)

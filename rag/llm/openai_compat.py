@@ -1,0 +1,218 @@
+"""Generator for a model server that speaks the OpenAI chat API on the site's own network.
+
+Covers ``vllm serve``, ``python -m llama_cpp.server`` and other OpenAI-compatible servers,
+through the ``openai`` client. The reply schema is enforced by the server's constrained
+decoding, and servers spell that request differently:
+
+- ``{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`` -- the OpenAI form,
+  which vLLM compiles to a grammar (xgrammar / guidance). Tried first.
+- ``{"type": "json_object", "schema": ...}`` -- the form llama_cpp.server accepts (it refuses
+  ``json_schema`` with an error naming ``response_format``); it compiles the schema to a GBNF
+  grammar. Used when the server refused the first form, and remembered for that generator.
+
+Connection failures are retried a bounded number of times (tenacity); a timeout is not
+retried, because the server may still be working on the request. Errors never carry the
+server's response body: a 4xx body can echo the request, and the request holds document text.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import openai
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from rag.llm.base import (
+    ChatMessage,
+    Generation,
+    GenerationFailure,
+    GeneratorFailedError,
+    JsonSchema,
+    SamplingParams,
+)
+
+if TYPE_CHECKING:
+    from rag.config import Settings
+
+BACKEND = "openai"
+SchemaForm = Literal["json_schema", "json_object"]
+
+
+def _is_connection_failure(exc: BaseException) -> bool:
+    # APITimeoutError subclasses APIConnectionError; a timed-out request is not retried.
+    return isinstance(exc, openai.APIConnectionError) and not isinstance(exc, openai.APITimeoutError)
+
+
+def response_format_for(schema: JsonSchema, form: SchemaForm) -> dict[str, Any]:
+    """The ``response_format`` body field asking the server to enforce ``schema``."""
+    if form == "json_schema":
+        return {"type": "json_schema", "json_schema": {"name": "answer", "schema": dict(schema), "strict": True}}
+    return {"type": "json_object", "schema": dict(schema)}
+
+
+def _refused_response_format(exc: openai.APIStatusError) -> bool:
+    """Whether an error reply says the server does not understand our ``response_format``.
+
+    llama_cpp.server answers the ``json_schema`` form with HTTP 500 carrying a pydantic
+    validation error on ``body.response_format.type``; others use 400 or 422.
+    """
+    if exc.status_code not in (400, 422, 500):
+        return False
+    try:
+        body = json.dumps(exc.body)
+    except (TypeError, ValueError):
+        body = ""
+    return "response_format" in body or "response_format" in exc.message
+
+
+class OpenAICompatibleGenerator:
+    """A chat model behind an OpenAI-compatible HTTP API (vLLM, llama.cpp server, ...)."""
+
+    backend = BACKEND
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str = "",
+        api_key: str = "",
+        timeout_s: float = 120.0,
+        connect_attempts: int = 3,
+    ) -> None:
+        self.base_url = base_url
+        self.model = model
+        self.timeout_s = timeout_s
+        self.connect_attempts = max(1, connect_attempts)
+        # Local servers usually take no key, but the client insists on a non-empty one.
+        self._api_key = api_key or "not-needed"
+        self._client: openai.OpenAI | None = None
+        self._schema_form: SchemaForm | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def schema_form(self) -> SchemaForm | None:
+        """The ``response_format`` form this server accepted, once one has been."""
+        return self._schema_form
+
+    def warm_up(self) -> None:
+        """Create the client and, when no model was named, ask the server which one it serves."""
+        self._resolved_model()
+
+    def _client_now(self) -> openai.OpenAI:
+        with self._lock:
+            if self._client is None:
+                # max_retries=0: tenacity below is the one retry policy, and it skips timeouts.
+                # trust_env=False and no redirects: prompts carry document text, so they go to
+                # base_url and nowhere else -- not through an HTTP(S)_PROXY from the environment.
+                self._client = openai.OpenAI(
+                    base_url=self.base_url,
+                    api_key=self._api_key,
+                    timeout=self.timeout_s,
+                    max_retries=0,
+                    http_client=openai.DefaultHttpxClient(trust_env=False, follow_redirects=False),
+                )
+            return self._client
+
+    def _call(self, operation: str, request: Any) -> Any:
+        """Run ``request()``, retrying connection failures and mapping errors to our type."""
+        retrying = Retrying(
+            stop=stop_after_attempt(self.connect_attempts),
+            wait=wait_exponential(multiplier=0.25, max=2.0),
+            retry=retry_if_exception(_is_connection_failure),
+            reraise=True,
+        )
+        try:
+            return retrying(request)
+        except openai.APITimeoutError as exc:
+            raise GeneratorFailedError(
+                GenerationFailure.TIMEOUT, BACKEND, f"{operation} at {self.base_url} took longer than {self.timeout_s}s"
+            ) from exc
+        except openai.APIConnectionError as exc:
+            raise GeneratorFailedError(
+                GenerationFailure.UNAVAILABLE,
+                BACKEND,
+                f"could not reach {self.base_url} after {self.connect_attempts} attempts ({operation})",
+            ) from exc
+
+    def _resolved_model(self) -> str:
+        if self.model:
+            return self.model
+        client = self._client_now()
+        try:
+            models = self._call("listing models", lambda: client.models.list())
+        except openai.APIStatusError as exc:
+            raise GeneratorFailedError(
+                GenerationFailure.FAILED, BACKEND, f"listing models returned HTTP {exc.status_code}"
+            ) from exc
+        if not models.data:
+            raise GeneratorFailedError(GenerationFailure.UNAVAILABLE, BACKEND, f"{self.base_url} serves no model")
+        self.model = models.data[0].id
+        return self.model
+
+    def generate(
+        self, messages: Sequence[ChatMessage], schema: JsonSchema | None, params: SamplingParams
+    ) -> Generation:
+        model = self._resolved_model()
+        client = self._client_now()
+        forms: list[SchemaForm | None]
+        if schema is None:
+            forms = [None]
+        elif self._schema_form is not None:
+            forms = [self._schema_form]
+        else:
+            forms = ["json_schema", "json_object"]
+
+        for position, form in enumerate(forms):
+            body: dict[str, Any] = {
+                "model": model,
+                "messages": [dict(message) for message in messages],
+                "temperature": params.temperature,
+                "top_p": params.top_p,
+                "max_tokens": params.max_tokens,
+            }
+            if params.seed is not None:
+                body["seed"] = params.seed
+            if schema is not None and form is not None:
+                body["response_format"] = response_format_for(schema, form)
+            try:
+                completion = self._call("chat completion", lambda body=body: client.chat.completions.create(**body))
+            except openai.APIStatusError as exc:
+                if position + 1 < len(forms) and _refused_response_format(exc):
+                    continue
+                raise GeneratorFailedError(
+                    GenerationFailure.REJECTED if 400 <= exc.status_code < 500 else GenerationFailure.FAILED,
+                    BACKEND,
+                    f"chat completion returned HTTP {exc.status_code}",
+                ) from exc
+            except openai.OpenAIError as exc:  # malformed reply and the like
+                raise GeneratorFailedError(GenerationFailure.FAILED, BACKEND, type(exc).__name__) from exc
+            if schema is not None:
+                self._schema_form = form
+            return self._generation(completion, model)
+        raise AssertionError("unreachable: the last form either returns or raises")
+
+    def _generation(self, completion: Any, requested_model: str) -> Generation:
+        if not completion.choices:
+            raise GeneratorFailedError(GenerationFailure.FAILED, BACKEND, "reply holds no choices")
+        choice = completion.choices[0]
+        usage = completion.usage
+        return Generation(
+            text=choice.message.content or "",
+            model=completion.model or requested_model,
+            model_hash=None,  # the server does not report which weights it holds
+            backend=BACKEND,
+            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            finish_reason=choice.finish_reason,
+        )
+
+
+def generator_from_settings(settings: Settings) -> OpenAICompatibleGenerator:
+    return OpenAICompatibleGenerator(
+        base_url=settings.llm_base_url,
+        model=settings.llm_model,
+        api_key=settings.llm_api_key.get_secret_value(),
+        timeout_s=settings.llm_timeout_s,
+    )
