@@ -65,7 +65,4 @@ class EnclaveResource(dg.ConfigurableResource):  # type: ignore[misc]  # dagster
         return Bm25Index(self.settings.index_dir / "bm25")
 
     def parse_limits(self) -> ParseLimits:
-        s = self.settings
-        return ParseLimits(max_file_bytes=int(s.max_file_mb * 2**20),
-                           max_uncompressed_bytes=int(s.max_uncompressed_mb * 2**20),
-                           chunk_max_tokens=s.chunk_max_tokens)
+        return ParseLimits.from_settings(self.settings)
