@@ -6,7 +6,6 @@ never document text. Parsing, chunking and redaction of a document happen in one
 redacted_chunks, in worker processes, so unredacted text is never written anywhere.
 """
 
-from __future__ import annotations
 
 import sys
 from typing import Any

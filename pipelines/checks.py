@@ -1,6 +1,5 @@
 """Asset checks: a second-pass PII scan of new chunks (blocking) and index/catalog consistency."""
 
-from __future__ import annotations
 
 from collections import Counter
 

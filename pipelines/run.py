@@ -27,14 +27,16 @@ def _instance() -> dg.DagsterInstance:
 
 
 def run_ingest(path: str, *, source_name: str = "", policy: str = "", groups: list[str] | None = None,
-               public: bool = False, progress: bool = False, home: str = "", database_url: str = "") -> IngestOutcome:
+               public: bool = False, progress: bool = False, home: str = "", database_url: str = "",
+               log_level: str = "WARNING") -> IngestOutcome:
     cfg = {"path": path, "source_name": source_name, "policy": policy, "groups": list(groups or []),
            "public": public}
     enclave = EnclaveResource(home=home, database_url=database_url, show_progress=progress)
     job = defs.resolve_job_def("ingest_documents_job")
     with _instance() as instance:
         result = job.execute_in_process(
-            run_config={"ops": {"source_manifest": {"config": cfg}, "redacted_chunks": {"config": cfg}}},
+            run_config={"ops": {"source_manifest": {"config": cfg}, "redacted_chunks": {"config": cfg}},
+                        "loggers": {"console": {"config": {"log_level": log_level}}}},
             instance=instance, resources={"enclave": enclave}, raise_on_error=False)
         failure = None
         if not result.success:

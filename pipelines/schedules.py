@@ -1,6 +1,5 @@
 """Nightly ingestion of the watched source (ENCLAVE_WATCH_PATH and friends, see sensors.py)."""
 
-from __future__ import annotations
 
 import dagster as dg
 

@@ -4,7 +4,6 @@ It compares a fingerprint of the listing (paths, sizes, modification times): che
 every minute on a large share; the job itself then decides by content hash what really changed.
 """
 
-from __future__ import annotations
 
 import hashlib
 import os
@@ -26,7 +25,7 @@ class WatchedSource:
     public: bool
 
     @classmethod
-    def from_env(cls) -> WatchedSource | None:
+    def from_env(cls) -> "WatchedSource | None":
         path = os.environ.get("ENCLAVE_WATCH_PATH", "")
         if not path:
             return None

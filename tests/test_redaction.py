@@ -1,0 +1,183 @@
+"""PII redaction with real Presidio and spaCy: operators, allow-list, custom recognizers,
+idempotence, a property test on checksummed identifiers, and recall floors on the labelled corpus."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rag.policy import Operator, load_policy
+from rag.redaction import Finding, PresidioRedactor, luhn_valid, merge_findings
+
+ROOT = Path(__file__).resolve().parents[1]
+POLICIES = ROOT / "policies"
+PII_CORPUS = ROOT.parent / "shared" / "corpus" / "pii-synthetic"
+
+
+@pytest.fixture(scope="session")
+def default_redactor() -> PresidioRedactor:
+    redactor = PresidioRedactor(load_policy("default", POLICIES), tenant_key=b"tenant-a")
+    redactor.warm_up()
+    return redactor
+
+
+@pytest.fixture(scope="session")
+def hipaa_redactor() -> PresidioRedactor:
+    redactor = PresidioRedactor(load_policy("hipaa", POLICIES), tenant_key=b"tenant-a")
+    redactor.warm_up()
+    return redactor
+
+
+def variant(base: PresidioRedactor, tenant_key: bytes = b"tenant-a", **changes: object) -> PresidioRedactor:
+    """Another redactor sharing ``base``'s loaded analyzer, with a changed policy or key."""
+    other = PresidioRedactor(replace(base.policy, **changes), tenant_key=tenant_key)  # type: ignore[arg-type]
+    other._analyzer, other._entities = base.analyzer, list(base.detected_entities)
+    return other
+
+
+TEXT = "Please call Mario Kappel at 212-555-0143 or write to mario.kappel@example.com about card 4111 1111 1111 1111."
+
+
+def test_replace_operator_writes_typed_placeholders(default_redactor: PresidioRedactor) -> None:
+    result = default_redactor.redact_text(TEXT)
+    assert result.text == ("Please call <PERSON> at <PHONE_NUMBER> or write to <EMAIL_ADDRESS> "
+                           "about card <CREDIT_CARD>.")
+    assert result.counts == {"PERSON": 1, "PHONE_NUMBER": 1, "EMAIL_ADDRESS": 1, "CREDIT_CARD": 1}
+
+
+def test_mask_operator_keeps_length_and_only_the_last_four(default_redactor: PresidioRedactor) -> None:
+    pci = PresidioRedactor(load_policy("pci", POLICIES))
+    pci._analyzer = default_redactor.analyzer
+    pci._entities = list(default_redactor.detected_entities)
+    text = "card 4111 1111 1111 1111 is blocked"
+    out = pci.redact_text(text).text
+    assert out == "card ***************1111 is blocked"
+
+
+def test_keyed_hash_is_stable_within_a_tenant_and_differs_across_tenants(default_redactor: PresidioRedactor) -> None:
+    hashing = replace(default_redactor.policy, default_operator=Operator(kind="hash"))
+    a = variant(default_redactor, b"tenant-a", default_operator=hashing.default_operator)
+    b = variant(default_redactor, b"tenant-b", default_operator=hashing.default_operator)
+    text = "Send it to mario.kappel@example.com today."
+    first, again, other = a.redact_text(text).text, a.redact_text(f"  {text}").text.strip(), b.redact_text(text).text
+    assert first == again
+    assert first.startswith("Send it to <EMAIL_ADDRESS:") and "mario" not in first
+    assert first != other
+
+
+def test_allow_list_keeps_listed_terms(default_redactor: PresidioRedactor) -> None:
+    text = "Contact helpdesk@enclave-health.org for access."
+    assert "<EMAIL_ADDRESS>" in default_redactor.redact_text(text).text
+    allowing = variant(default_redactor, allow_list=("helpdesk@enclave-health.org",))
+    assert allowing.redact_text(text).text == text
+
+
+def test_hipaa_medical_record_number_recognizer_fires(hipaa_redactor: PresidioRedactor) -> None:
+    text = "Patient chart updated, MRN: 00482913, follow-up in two weeks."
+    findings = hipaa_redactor.detect(text)
+    assert [(f.entity_type, text[f.start:f.end]) for f in findings] == [("MEDICAL_RECORD_NUMBER", "MRN: 00482913")]
+    out = hipaa_redactor.redact(text, findings).text
+    assert "00482913" not in out and "<MEDICAL_RECORD_NUMBER:" in out
+
+
+def test_findings_carry_offsets_and_detector_but_not_the_value(default_redactor: PresidioRedactor) -> None:
+    finding = default_redactor.detect("SSN 536-22-8726 on file")[0]
+    assert set(vars(finding)) == {"entity_type", "start", "end", "score", "detector"}
+    assert (finding.entity_type, finding.start, finding.end) == ("US_SSN", 4, 15)
+
+
+def test_overlapping_findings_merge_into_one_placeholder(default_redactor: PresidioRedactor) -> None:
+    text = "Ship to 497 Invalidenstrasse 19 Suite 650 please"
+    findings = [Finding("STREET_ADDRESS", 8, 31, 0.6, "a"), Finding("PERSON", 12, 28, 0.85, "b"),
+                Finding("STREET_ADDRESS", 30, 41, 0.5, "c")]
+    assert len(merge_findings(findings)) == 1
+    result = default_redactor.redact(text, findings)
+    assert result.text == "Ship to <PERSON> please"
+    assert result.counts == {"PERSON": 1}
+
+
+def test_redacting_redacted_text_changes_nothing(default_redactor: PresidioRedactor) -> None:
+    texts = [TEXT, "Mr. John Smith lives at 69 Farnell Street, Apt. 4, and his IBAN is GB82WEST12345698765432.",
+             "PATIENT: MARIA GARCIA, DOB 04/12/1957, phone (60) 547-220"]
+    once = [r.text for r in default_redactor.redact_many(texts)]
+    twice = default_redactor.redact_many(once)
+    assert [r.text for r in twice] == once
+    assert all(r.counts == {} for r in twice)
+
+
+def test_all_caps_names_are_found_through_the_title_cased_copy(default_redactor: PresidioRedactor) -> None:
+    out = default_redactor.redact_text("REFERRAL FOR PATIENT MARIO KAPPEL, SEEN BY DR. ANNA LINDQVIST").text
+    assert "MARIO" not in out and "KAPPEL" not in out and "LINDQVIST" not in out
+
+
+def test_redact_many_equals_redacting_one_by_one(default_redactor: PresidioRedactor) -> None:
+    texts = [TEXT, "", "Nothing personal here.", "Dr. Ana Lima called from +44 20 7946 0958."]
+    assert default_redactor.redact_many(texts) == [default_redactor.redact_text(t) for t in texts]
+
+
+# -- property: checksummed identifiers never survive ------------------------------------------
+
+
+def _luhn_complete(prefix: str) -> str:
+    for check in "0123456789":
+        if luhn_valid(prefix + check):
+            return prefix + check
+    raise AssertionError("unreachable")
+
+
+def _iban(country: str, bban: str) -> str:
+    digits = "".join(str(int(c, 36)) for c in bban + country + "00")
+    return f"{country}{98 - int(digits) % 97:02d}{bban}"
+
+
+cards = st.builds(lambda p, body: _luhn_complete(p + body),
+                  st.sampled_from(["4", "51", "55", "37", "6011"]),
+                  st.text("0123456789", min_size=11, max_size=11)).map(lambda s: s[:16] if s[0] != "3" else s[:15])
+cards = cards.filter(luhn_valid)
+ibans = st.builds(_iban, st.just("GB"), st.builds(lambda bank, num: bank + num,
+                                                  st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=4, max_size=4),
+                                                  st.text("0123456789", min_size=14, max_size=14)))
+ssns = st.builds(lambda a, g, s: f"{a:03d}-{g:02d}-{s:04d}", st.integers(1, 665).filter(lambda a: a != 666),
+                 st.integers(1, 99), st.integers(1, 9999)).filter(lambda s: len(set(s.replace("-", ""))) > 1)
+emails = st.builds(lambda u, d, t: f"{u}@{d}.{t}", st.from_regex(r"[a-z][a-z0-9._]{1,12}[a-z0-9]", fullmatch=True),
+                   st.from_regex(r"[a-z]{2,10}", fullmatch=True), st.sampled_from(["com", "org", "de", "co.uk"]))
+templates = st.sampled_from([
+    "My {label} is {value}, please update the file.",
+    "{value}",
+    "Could you check {value} for me? Thanks.",
+    "THE {label} ON RECORD: {value}.",
+    "note: {value} was given over the phone",
+])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), kind=st.sampled_from(["card", "iban", "ssn", "email"]), template=templates)
+def test_generated_sentences_never_return_the_identifier(default_redactor: PresidioRedactor, data: st.DataObject,
+                                                        kind: str, template: str) -> None:
+    value = data.draw({"card": cards, "iban": ibans, "ssn": ssns, "email": emails}[kind])
+    label = {"card": "card number", "iban": "IBAN", "ssn": "social security number", "email": "e-mail"}[kind]
+    text = template.format(label=label, value=value)
+    assert value not in default_redactor.redact_text(text).text
+
+
+# -- recall floors on the labelled corpus -------------------------------------------------------
+
+
+def test_default_policy_meets_recall_floors_on_pii_synthetic(default_redactor: PresidioRedactor) -> None:
+    if not (PII_CORPUS / "labels.jsonl").exists():
+        pytest.skip(f"{PII_CORPUS} is absent (the shared corpora sit beside the checkout in ../shared)")
+    sys.path.insert(0, str(ROOT / "bench"))
+    import pii_recall
+
+    must = set(json.loads((PII_CORPUS / "must_redact.json").read_text(encoding="utf-8")))
+    docs = pii_recall.load_corpus(PII_CORPUS)
+    score = pii_recall.score(docs, must, *pii_recall.run_policy(default_redactor, docs))
+    recalls = {t: score.recall(t) for t in pii_recall.TARGETS if score.labelled[t]}
+    assert all(recalls[t] >= floor for t, floor in pii_recall.TARGETS.items() if t in recalls), recalls
+    assert score.precision() >= 0.8
