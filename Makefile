@@ -25,9 +25,9 @@ install: $(VENV)/.installed
 
 demo: install
 	rm -rf .enclave-demo
-	ENCLAVE_HOME=.enclave-demo $(VENV)/bin/enclave ingest tests/fixtures/sample-corpus --source sample --no-progress
+	ENCLAVE_HOME=.enclave-demo $(VENV)/bin/enclave ingest tests/fixtures/sample-corpus --source sample --policy hipaa --no-progress
 	@echo "--- second run: nothing changed, nothing re-processed"
-	ENCLAVE_HOME=.enclave-demo $(VENV)/bin/enclave ingest tests/fixtures/sample-corpus --source sample --no-progress
+	ENCLAVE_HOME=.enclave-demo $(VENV)/bin/enclave ingest tests/fixtures/sample-corpus --source sample --policy hipaa --no-progress
 	@echo "--- what the catalog holds"
 	ENCLAVE_HOME=.enclave-demo $(VENV)/bin/enclave status
 	ENCLAVE_HOME=.enclave-demo $(VENV)/bin/enclave status --quarantine

@@ -245,6 +245,80 @@ def audit_export(since: str | None, until: str | None, user: str | None, fmt: st
     click.echo(f"exported {n} records to {out_file}")
 
 
+
+@main.group("eval")
+def eval_group() -> None:
+    """Measure retrieval quality and access leaks on your own golden sets."""
+
+
+@eval_group.command("retrieval")
+@click.option("--topics", "topics_file", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--qrels", "qrels_file", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--k", default=1000, show_default=True)
+@click.option("--mode", "modes", multiple=True, type=click.Choice(["dense", "bm25", "hybrid"]))
+@click.option("--user", default="evaluation")
+@click.option("--groups", default="")
+@click.option("--run-out", default=None, type=click.Path(dir_okay=False), help="TREC run file (mode appended).")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--html", "html_file", default=None, type=click.Path(dir_okay=False))
+def eval_retrieval(topics_file: str, qrels_file: str, k: int, modes: tuple[str, ...], user: str, groups: str,
+                   run_out: str | None, as_json: bool, html_file: str | None) -> None:
+    """MAP, P@10, P@30, nDCG@10, recall@100 per mode over the ingested corpus (searches are audited)."""
+    from pathlib import Path
+
+    from rag.eval import retrieval as ev
+    from rag.eval.report import Section, write_html
+    from rag.eval.topics import read_qrels, read_topics
+    from rag.query import QueryEngine
+
+    topics, qrels = read_topics(Path(topics_file)), read_qrels(Path(qrels_file))
+    engine = QueryEngine(load_settings())
+    reports = ev.evaluate_modes(engine, topics, qrels, modes or ("dense", "bm25", "hybrid"), k, user,  # type: ignore[arg-type]
+                                _groups(groups))
+    engine.close()
+    judged = sum(1 for q in qrels.values() if any(v > 0 for v in q.values()))
+    data = ev.to_json(reports, len(topics), judged)
+    if run_out:
+        for r in reports:
+            Path(f"{run_out}.{r.mode}").write_text("\n".join(ev.trec_run_lines(r)) + "\n")
+    if html_file:
+        write_html(Path(html_file), "Retrieval evaluation",
+                   [Section("Aggregate", rows=[{"mode": r.mode, **r.aggregate} for r in reports],
+                            bars={r.mode: r.aggregate for r in reports})])
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    click.echo(f"{len(topics)} topics, {judged} with relevant documents")
+    click.echo(f"{'mode':<8}" + "".join(f"{m:>12}" for m in ev.MEASURES))
+    for r in reports:
+        click.echo(f"{r.mode:<8}" + "".join(f"{r.aggregate[m]:>12.4f}" for m in ev.MEASURES))
+
+
+@eval_group.command("access")
+@click.option("--docs", "docs_dir", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--probes", "probes_file", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--no-ask", is_flag=True, help="Check search hits only (no model calls).")
+@click.option("--json", "as_json", is_flag=True)
+def eval_access(docs_dir: str, probes_file: str, no_ask: bool, as_json: bool) -> None:
+    """Probe (user, groups, question) against the ingested DOCS; leaks must be 0 (exit 1 otherwise)."""
+    from pathlib import Path
+
+    from rag.eval.access import check_access, read_probes, source_rules
+    from rag.query import QueryEngine
+
+    engine = QueryEngine(load_settings())
+    report = check_access(engine, read_probes(Path(probes_file)), source_rules(Path(docs_dir)), ask=not no_ask)
+    engine.close()
+    data = report.to_json()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(f"{data['probes']} probes, {data['hits_checked']} hits, {data['citations_checked']} citations, "
+                   f"{data['prompt_passages_checked']} prompt passages checked: {data['leaks']} leaks")
+    if data["leaks"]:
+        sys.exit(1)
+
+
 def run() -> None:
     try:
         main(standalone_mode=True)

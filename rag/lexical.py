@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -24,9 +25,13 @@ MANIFEST = "manifest.json"
 
 
 _STEMMER = Stemmer.Stemmer("english")
+# Redaction placeholders (<PERSON>, <PERSON:1a2b3c4d>) are not words of the document: indexed as
+# terms, every redacted question would match every redacted chunk.
+_PLACEHOLDER = re.compile(r"<[A-Z_]+(?::[0-9a-f]+)?>")
 
 
 def _tokenize(texts: list[str], as_strings: bool = False) -> Any:
+    texts = [_PLACEHOLDER.sub(" ", t) for t in texts]
     return bm25s.tokenize(texts, stopwords="en", stemmer=_STEMMER, show_progress=False, return_ids=not as_strings)
 
 

@@ -115,7 +115,7 @@ def test_ask_through_a_real_openai_compatible_server(ingested: Settings, llama_s
         out = eng.ask("When are wards open to visitors?", user="u", groups=["staff"])
         assert out.answer.outcome in ("ok", "invalid_answer")
         assert {c.chunk_id for c in out.answer.citations} <= {h.chunk_id for h in out.result.hits}
-        record = AuditLog(ingested.audit_database_url).records()[-1].body
+        record = list(AuditLog(ingested.audit_database_url).records())[-1].body
         assert record["llm_backend"] == "openai" and record["llm_model"] == llama_server.model  # type: ignore[attr-defined]
     finally:
         eng.close()
@@ -129,7 +129,7 @@ def test_a_model_that_is_down_is_audited_as_an_error_outcome(ingested: Settings)
         out = eng.ask("When are wards open to visitors?", user="u", groups=["staff"])
         assert out.answer.outcome == "error"
         assert _audit_count(ingested) == before + 1
-        assert AuditLog(ingested.audit_database_url).records()[-1].body["outcome"] == "error"
+        assert list(AuditLog(ingested.audit_database_url).records())[-1].body["outcome"] == "error"
     finally:
         eng.close()
 

@@ -4,7 +4,6 @@ Every route that reads documents depends on ``PrincipalDep``: no verified identi
 never an anonymous answer. Errors come back as a typed body carrying the request id.
 """
 
-from __future__ import annotations
 
 import logging
 import time
