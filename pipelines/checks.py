@@ -29,16 +29,21 @@ def no_residual_pii(enclave: EnclaveResource) -> dg.AssetCheckResult:
     redactors: dict[str, PresidioRedactor] = {}
     while rows := catalog.chunks_unchecked_with_policy(RESCAN_BATCH):
         clean: list[int] = []
+        by_policy: dict[str, list[tuple[int, str]]] = {}
         for chunk_id, text, policy_name in rows:
+            by_policy.setdefault(policy_name, []).append((chunk_id, text))
+        for policy_name, items in by_policy.items():
             if policy_name not in redactors:
                 redactors[policy_name] = PresidioRedactor(load_policy(policy_name, settings.policies_dir),
                                                           tenant_key=settings.tenant_key.get_secret_value().encode())
-            findings = redactors[policy_name].detect(text)
-            if findings:
-                flagged_chunks += 1
-                residual.update(f.entity_type for f in findings)
-            else:
-                clean.append(chunk_id)
+            # the batched path, as ingestion ran it
+            for (chunk_id, _), findings in zip(items, redactors[policy_name].detect_many([t for _, t in items]),
+                                               strict=True):
+                if findings:
+                    flagged_chunks += 1
+                    residual.update(f.entity_type for f in findings)
+                else:
+                    clean.append(chunk_id)
         checked += len(rows)
         catalog.mark_checked(clean)
         if len(clean) < len(rows):

@@ -32,7 +32,8 @@ from rag.workers import FileJob, ParsePool
 log = logging.getLogger(__name__)
 
 # Bump when parsing, chunking or redaction changes in a way that should re-process documents.
-PIPELINE_VERSION = "2026.11.1"
+PIPELINE_VERSION = "2026.11.2"
+MAX_PASSES = 3
 
 
 def pipeline_version(limits: ParseLimits) -> str:
@@ -109,6 +110,10 @@ def scan_source(connector: Connector, catalog: CatalogStore, source_id: int, pol
 # --- parse + chunk + redact, inside the worker --------------------------------------------------
 
 
+class RedactionNotConvergedError(Exception):
+    """Raised inside a worker; becomes a redaction_failed quarantine record for the file."""
+
+
 class RedactionTransform:
     """Runs in each parse worker: redacts all chunks of a batch of files in one batched call."""
 
@@ -118,17 +123,44 @@ class RedactionTransform:
         self.redactor = PresidioRedactor(load_policy(policy_ref, Path(policies_dir)), tenant_key=tenant_key)
         self.redactor.warm_up()
 
+    def _to_fixpoint(self, texts: list[str]) -> list[tuple[str, Counter[str]]]:
+        """Redact until the detector finds nothing more (at most MAX_PASSES).
+
+        Replacing one value changes the context of its neighbours, so a second pass can see what
+        the first could not (a surname once the first name became a placeholder). Stopping at a
+        fixpoint is what lets the no_residual_pii check hold redaction to its own standard.
+        """
+        out = [(t, Counter[str]()) for t in texts]
+        pending = list(range(len(texts)))
+        for _ in range(MAX_PASSES):
+            if not pending:
+                break
+            results = self.redactor.redact_many([out[i][0] for i in pending])
+            still = []
+            for i, r in zip(pending, results, strict=True):
+                if r.counts and r.text != out[i][0]:
+                    out[i][1].update(r.counts)
+                    out[i] = (r.text, out[i][1])
+                    still.append(i)
+            pending = still
+        if pending:
+            # Redaction did not converge: storing this text would store what the detector still
+            # sees as PII. Raising makes the worker pool retry the batch file by file and
+            # quarantine this file as redaction_failed; the other files are stored.
+            raise RedactionNotConvergedError(f"{len(pending)} chunk(s) still had findings after {MAX_PASSES} passes")
+        return out
+
     def __call__(self, files: list[tuple[str, list[ParsedChunk]]]) -> list[list[NewChunk]]:
         texts = [c.text for _, chunks in files for c in chunks]
-        results = iter(self.redactor.redact_many(texts))
+        results = iter(self._to_fixpoint(texts))
         out: list[list[NewChunk]] = []
         for _, chunks in files:
             redacted: list[NewChunk] = []
             for c in chunks:
-                r = next(results)
-                redacted.append(NewChunk(ordinal=c.ordinal, text=r.text,
-                                         content_hash=hashlib.sha256(r.text.encode()).hexdigest(),
-                                         title=None, page=c.page, entity_counts=dict(r.counts)))
+                text, counts = next(results)
+                redacted.append(NewChunk(ordinal=c.ordinal, text=text,
+                                         content_hash=hashlib.sha256(text.encode()).hexdigest(),
+                                         title=None, page=c.page, entity_counts=dict(counts)))
             out.append(redacted)
         return out
 
