@@ -82,13 +82,16 @@ class QueryEngine:
                 self._answerer = Answerer.from_settings(self.settings, self._generator)
             return self._answerer
 
-    def question_hash(self, question: str) -> str:
+    def question_hash(self, question: str, redacted: str | None) -> str:
         """Keyed hash of the question as asked: provable later, unreadable without the tenant key."""
         key = self.settings.tenant_key.get_secret_value().encode()
         if key:
             return "hmac-sha256:" + hmac.new(key, question.encode(), hashlib.sha256).hexdigest()
-        # without a tenant key an unkeyed hash of the raw question could be brute-forced: hash the redacted one
-        return "sha256-redacted:" + hashlib.sha256(self.retriever.redact_question(question)[0].encode()).hexdigest()
+        # without a tenant key an unkeyed hash of the raw question could be brute-forced: hash the
+        # redacted one (already computed by retrieval; redacted again only if retrieval failed first)
+        if redacted is None:
+            redacted = self.retriever.redact_question(question)[0]
+        return "sha256-redacted:" + hashlib.sha256(redacted.encode()).hexdigest()
 
     def _entry(self, *, kind: str, request_id: str, user: str, groups: tuple[str, ...], purpose: str | None,
                question: str, result: SearchResult | None, shown: set[int], outcome: str, started: float,
@@ -107,7 +110,7 @@ class QueryEngine:
         return AuditEntry(
             request_id=request_id, kind=kind, user=user, groups=groups, purpose=purpose,  # type: ignore[arg-type]
             question_redacted=result.question if result is not None else "",
-            question_hash=self.question_hash(question),
+            question_hash=self.question_hash(question, result.question if result is not None else None),
             chunks=tuple(RetrievedChunkRecord(h.chunk_id, h.document_id, h.document_version, h.content_hash,
                                               float(h.score), h.chunk_id in shown) for h in hits),
             policy_name=self.policy.name, policy_hash=self.policy.content_hash, index_version=self.index.version,

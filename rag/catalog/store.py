@@ -7,7 +7,7 @@ after that document, never half-way. The vector index is derived from this state
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -294,16 +294,6 @@ class CatalogStore:
         with self.session() as s, s.begin():
             for start in range(0, len(ids), 900):
                 s.execute(update(Chunk).where(Chunk.id.in_(list(ids[start:start + 900]))).values(pii_checked=True))
-
-    def iter_chunk_texts(self, batch: int = 2000) -> Iterator[tuple[int, str]]:
-        last = 0
-        while True:
-            with self.session() as s:
-                rows = s.execute(select(Chunk.id, Chunk.text).where(Chunk.id > last).order_by(Chunk.id).limit(batch)).all()
-            if not rows:
-                return
-            yield from ((r.id, r.text) for r in rows)
-            last = rows[-1].id
 
     def chunk_views(self, ids: Sequence[int]) -> dict[int, ChunkView]:
         out: dict[int, ChunkView] = {}
