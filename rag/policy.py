@@ -68,18 +68,23 @@ class RecognizerSpec(_Strict):
     patterns: list[PatternSpec] = Field(min_length=1)
     context: list[str] = Field(default_factory=list)
     ignore_case: bool = True
-    validator: Literal["luhn"] | None = Field(
-        default=None, description="checksum a match must pass (luhn: score 1.0 if valid, dropped if not)")
+    validator: Literal["luhn", "phone_digits"] | None = Field(
+        default=None, description="check a match must pass (luhn: score 1.0 if valid, dropped if not; "
+                                  "phone_digits: dropped unless it holds 7 to 15 digits, score unchanged)")
 
 
 class DetectionSpec(_Strict):
     """Defence in depth beyond Presidio's recognizers."""
 
     case_variants: bool = Field(
-        default=True, description="re-run NER on a title-cased copy of ALL-CAPS and lower-case lines")
+        default=True, description="re-run NER on a title-cased copy of ALL-CAPS names")
     propagate_names: bool = Field(
         default=True, description="also remove other mentions of a detected name's words in the same text")
     ner_person_score: float = Field(default=0.85, ge=0.0, le=1.0)
+    phone_regions: list[str] = Field(
+        default_factory=lambda: ["US", "GB"], min_length=1,
+        description="regions whose national phone formats libphonenumber checks (ISO 3166 codes; numbers "
+                    "with a + prefix are found in any region). Each region is one more scan of every text.")
 
 
 class PolicyFile(_Strict):
@@ -197,6 +202,7 @@ class Policy:
     case_variants: bool = True
     propagate_names: bool = True
     ner_person_score: float = 0.85
+    phone_regions: tuple[str, ...] = ("US", "GB")
     description: str = ""
 
     def operator_for(self, entity: str) -> Operator:
@@ -229,6 +235,7 @@ def _from_file_model(model: PolicyFile, content_hash: str) -> Policy:
         case_variants=model.detection.case_variants,
         propagate_names=model.detection.propagate_names,
         ner_person_score=model.detection.ner_person_score,
+        phone_regions=tuple(r.upper() for r in model.detection.phone_regions),
         description=model.description,
     )
 

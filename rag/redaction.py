@@ -11,7 +11,7 @@ Detectors, in depth:
 - Presidio's predefined recognizers (checksums, formats, spaCy NER for PERSON) with context words;
 - the policy's own pattern recognizers (addresses, international phones, dates of birth, MRNs, a
   capitalised-name-after-cue heuristic, ...);
-- spaCy NER on a title-cased copy of ALL-CAPS / lower-case words, which the small model misses.
+- spaCy NER on a title-cased copy of ALL-CAPS words, which the small model misses.
 Placeholders already in the text are blanked before detection, so redaction is idempotent.
 """
 
@@ -40,8 +40,9 @@ _UNUSED_PIPES = ("parser",)
 # A placeholder this module writes: <PERSON> or <PERSON:1a2b3c4d>.
 PLACEHOLDER = re.compile(r"<[A-Z][A-Z0-9_]*(?::[0-9a-f]{8})?>")
 _CAPS_RUN = regex.compile(r"\b\p{Lu}{2,}(?:[ \t]+\p{Lu}{2,})+\b")
-_LOWER_LINE = regex.compile(r"^(?=[^\n]*\p{Ll}{2,}[ \t]+\p{Ll}{2,})[^\p{Lu}\n]+$", regex.MULTILINE)
 _WORD = regex.compile(r"\p{L}+")
+# A line with no letter can hold no name: NER reads it as blank (same offsets, one token).
+_LETTERLESS_LINE = regex.compile(r"^[^\p{L}\n]*[^\p{L}\s][^\p{L}\n]*$", regex.MULTILINE)
 _CASE_VARIANT_DETECTOR = "spacy-title-case"
 _HASH_HEX = 8
 
@@ -74,18 +75,29 @@ def blank_placeholders(text: str) -> str:
     return _ESCAPED_BREAK.sub(" \n", text)
 
 
-def title_case_variant(text: str) -> str | None:
-    """A same-length copy with runs of ALL-CAPS words and all-lower-case lines title-cased.
+def ner_view(text: str) -> str:
+    """The text NER reads: lines without a letter blanked to spaces, offsets kept.
 
-    spaCy's small model finds "Mario Kappel" but not "MARIO KAPPEL" or "mario kappel". None when
-    nothing would change: mixed-case prose, and lone acronyms (IBAN, ATM), cost no second pass.
+    Citation tables, numeric columns and ids cost the tagger and NER a token each and cannot be
+    names; pattern recognizers (phones, cards, ids) still run on the full text.
+    """
+    return _LETTERLESS_LINE.sub(lambda m: " " * len(m.group()), text)
+
+
+def title_case_variant(text: str) -> str | None:
+    """A same-length copy with runs of ALL-CAPS words title-cased.
+
+    spaCy's small model finds "Mario Kappel" but not "MARIO KAPPEL". None when nothing would
+    change: mixed-case prose, and lone acronyms (IBAN, ATM), cost no second pass. All-lower-case
+    lines are not title-cased: on title-cased ordinary words ("Oxaliplatin Neuropathy", "Speak
+    Yet") the model finds names that are not there, and redaction of such a line never settles;
+    on the labelled corpus it found no name the other detectors missed (bench/RESULTS.md).
     """
     def title(m: regex.Match[str]) -> str:
         titled: str = _WORD.sub(lambda w: w.group()[0].upper() + w.group()[1:].lower(), m.group())
         return titled if len(titled) == len(m.group()) else m.group()
 
     new = _CAPS_RUN.sub(title, text)
-    new = _LOWER_LINE.sub(title, new)
     return new if new != text else None
 
 
@@ -102,7 +114,13 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
-_VALIDATORS = {"luhn": luhn_valid}
+def phone_digits(value: str) -> bool | None:
+    """None (score unchanged) when ``value`` holds 7 to 15 digits, as a phone number does (E.164
+    allows 15); False (dropped) otherwise: "3.21" or "5.15" in a list of section numbers."""
+    return None if 7 <= sum(c.isdigit() for c in value) <= 15 else False
+
+
+_VALIDATORS = {"luhn": luhn_valid, "phone_digits": phone_digits}
 _NAME_WORD = re.compile(r"[^\W\d_][\w'’-]{2,}")
 
 
@@ -167,6 +185,7 @@ class PresidioRedactor:
         from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer, RecognizerRegistry
         from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
         from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
+        from presidio_analyzer.predefined_recognizers import PhoneRecognizer
 
         class ValidatedPatternRecognizer(PatternRecognizer):
             """A policy recognizer whose matches must pass a checksum (Presidio's validate_result hook)."""
@@ -175,7 +194,7 @@ class PresidioRedactor:
                 super().__init__(**kwargs)
                 self._check = _VALIDATORS[validator]
 
-            def validate_result(self, pattern_text: str) -> bool | None:
+            def validate_result(self, pattern_text: str) -> bool | None:  # True: 1.0, False: dropped
                 return self._check(pattern_text)
 
         try:
@@ -192,6 +211,9 @@ class PresidioRedactor:
         engine.nlp = {"en": nlp}  # type: ignore[assignment]  # Presidio annotates the attribute as None
         registry = RecognizerRegistry(supported_languages=["en"])
         registry.load_predefined_recognizers(languages=["en"], nlp_engine=engine)
+        # libphonenumber scans the whole text once per region: only the regions the policy names.
+        registry.remove_recognizer("PhoneRecognizer")
+        registry.add_recognizer(PhoneRecognizer(supported_regions=list(self.policy.phone_regions)))
         for rec in self.policy.recognizers:
             flags = regex.MULTILINE | (regex.IGNORECASE if rec.ignore_case else 0)
             kwargs: dict[str, Any] = {
@@ -238,8 +260,10 @@ class PresidioRedactor:
                     variants.append((i, v))
         raw: list[list[Finding]] = [[] for _ in texts]
         inputs = blanked + [v for _, v in variants]
-        artifacts = analyzer.nlp_engine.process_batch(inputs, language="en", batch_size=self.batch_size)
-        for k, (text, nlp_artifacts) in enumerate(artifacts):
+        artifacts = analyzer.nlp_engine.process_batch([ner_view(t) for t in inputs], language="en",
+                                                      batch_size=self.batch_size)
+        for k, (_, nlp_artifacts) in enumerate(artifacts):
+            text = inputs[k]
             if k < len(blanked):
                 results = analyzer.analyze(text=text, language="en", entities=self._entities,
                                            nlp_artifacts=nlp_artifacts, score_threshold=0.0)
