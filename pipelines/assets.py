@@ -85,7 +85,8 @@ def redacted_chunks(context: dg.AssetExecutionContext, config: IngestConfig,
         pipeline_version(enclave.parse_limits()), workers=settings.parse_workers,
         timeout_s=settings.parse_timeout_s, memory_mb=settings.parse_memory_mb,
         policies_dir=settings.policies_dir, tenant_key=settings.tenant_key.get_secret_value().encode(),
-        run_id=run_id, on_progress=bar.update)
+        run_id=run_id, on_progress=bar.update, recheck_fraction=settings.pii_recheck_fraction,
+        policy_ref=config.policy or settings.policy)
     bar.close()
     counts = {"documents_written": stats.stored, "quarantined": stats.quarantined,
               "chunks_written": stats.chunks_written,

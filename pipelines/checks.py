@@ -17,6 +17,11 @@ RESCAN_BATCH = 512
 def no_residual_pii(enclave: EnclaveResource) -> dg.AssetCheckResult:
     """Scan chunks not yet checked with the policy's detectors again; any finding blocks embedding.
 
+    Unchecked are the chunks no redacting worker verified (its last pass over exactly the stored
+    text found nothing) plus a content-hash sample of verified ones (ENCLAVE_PII_RECHECK_FRACTION,
+    default 0.1; 1.0 re-scans all), so the check still catches a worker and the main process
+    disagreeing about the policy.
+
     A finding here means redaction missed something the detector sees in the redacted text (for
     instance a name that only looks like one once its neighbour was replaced). Failing keeps
     those chunks out of the index until a policy fix and re-run.

@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     # outside development when left empty (see require_secrets).
     tenant_key: SecretStr = SecretStr("")
     environment: Literal["development", "production"] = "development"
+    # Share of worker-verified chunks the no_residual_pii check scans again in the main process
+    # (chosen by content hash). The redacting worker already ran the detector over each stored
+    # text until it found nothing; 1.0 re-scans everything, at the cost of a full extra pass.
+    pii_recheck_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
 
     # Parsing limits (per file, in an isolated worker).
     parse_timeout_s: float = 60.0

@@ -26,7 +26,7 @@ from connectors.base import Connector, SourceDocument
 from rag.catalog.store import CatalogStore, NewChunk
 from rag.errors import AccessRuleMissingError, QuarantineReason
 from rag.parsing import ParsedChunk, ParseLimits
-from rag.policy import Policy, load_policy
+from rag.policy import Policy, load_policy, resolve_policy_path
 from rag.workers import FileJob, ParsePool
 
 log = logging.getLogger(__name__)
@@ -117,20 +117,26 @@ class RedactionNotConvergedError(Exception):
 class RedactionTransform:
     """Runs in each parse worker: redacts all chunks of a batch of files in one batched call."""
 
-    def __init__(self, policy_ref: str, policies_dir: str, tenant_key: bytes) -> None:
+    def __init__(self, policy_ref: str, policies_dir: str, tenant_key: bytes, recheck_fraction: float = 1.0) -> None:
         from rag.redaction import PresidioRedactor
 
         self.redactor = PresidioRedactor(load_policy(policy_ref, Path(policies_dir)), tenant_key=tenant_key)
         self.redactor.warm_up()
+        self.recheck_fraction = recheck_fraction
 
-    def _to_fixpoint(self, texts: list[str]) -> list[tuple[str, Counter[str]]]:
+    def _leave_for_recheck(self, content_hash: str) -> bool:
+        """A deterministic sample (by content hash) that the no_residual_pii check scans again."""
+        return int(content_hash[:8], 16) < self.recheck_fraction * 0x1_0000_0000
+
+    def _to_fixpoint(self, texts: list[str]) -> list[tuple[str, Counter[str], bool]]:
         """Redact until the detector finds nothing more (at most MAX_PASSES).
 
         Replacing one value changes the context of its neighbours, so a second pass can see what
         the first could not (a surname once the first name became a placeholder). Stopping at a
         fixpoint is what lets the no_residual_pii check hold redaction to its own standard.
+        Each result says whether the last pass over exactly that text found nothing (verified).
         """
-        out = [(t, Counter[str]()) for t in texts]
+        out = [(t, Counter[str](), False) for t in texts]
         pending = list(range(len(texts)))
         for _ in range(MAX_PASSES):
             if not pending:
@@ -138,10 +144,13 @@ class RedactionTransform:
             results = self.redactor.redact_many([out[i][0] for i in pending])
             still = []
             for i, r in zip(pending, results, strict=True):
-                if r.counts and r.text != out[i][0]:
-                    out[i][1].update(r.counts)
-                    out[i] = (r.text, out[i][1])
+                text, counts, _ = out[i]
+                if r.counts and r.text != text:
+                    counts.update(r.counts)
+                    out[i] = (r.text, counts, False)
                     still.append(i)
+                else:
+                    out[i] = (text, counts, not r.counts)
             pending = still
         if pending:
             # Redaction did not converge: storing this text would store what the detector still
@@ -157,16 +166,18 @@ class RedactionTransform:
         for _, chunks in files:
             redacted: list[NewChunk] = []
             for c in chunks:
-                text, counts = next(results)
-                redacted.append(NewChunk(ordinal=c.ordinal, text=text,
-                                         content_hash=hashlib.sha256(text.encode()).hexdigest(),
-                                         title=None, page=c.page, entity_counts=dict(counts)))
+                text, counts, verified = next(results)
+                digest = hashlib.sha256(text.encode()).hexdigest()
+                redacted.append(NewChunk(ordinal=c.ordinal, text=text, content_hash=digest, title=None,
+                                         page=c.page, entity_counts=dict(counts),
+                                         pii_checked=verified and not self._leave_for_recheck(digest)))
             out.append(redacted)
         return out
 
 
-def redaction_transform_factory(policy_ref: str, policies_dir: str, tenant_key: bytes) -> Callable[[], RedactionTransform]:
-    return partial(RedactionTransform, policy_ref, policies_dir, tenant_key)
+def redaction_transform_factory(policy_ref: str, policies_dir: str, tenant_key: bytes,
+                                recheck_fraction: float = 1.0) -> Callable[[], RedactionTransform]:
+    return partial(RedactionTransform, policy_ref, policies_dir, tenant_key, recheck_fraction)
 
 
 @dataclass
@@ -204,13 +215,20 @@ def _jobs(connector: Connector, docs: tuple[SourceDocument, ...], catalog: Catal
 def redact_documents(manifest: Manifest, connector: Connector, catalog: CatalogStore, policy: Policy,
                      limits: ParseLimits, version: str, *, workers: int, timeout_s: float, memory_mb: int,
                      policies_dir: Path, tenant_key: bytes, run_id: int | None = None,
-                     on_progress: Callable[[int], None] | None = None) -> RedactStats:
+                     on_progress: Callable[[int], None] | None = None, recheck_fraction: float = 1.0,
+                     policy_ref: str | None = None) -> RedactStats:
+    """Parse, chunk and redact ``manifest.to_process`` in worker processes; store or quarantine each.
+
+    ``policy_ref`` is the name or file the policy was loaded from (workers load it again); by
+    default ``policy.name`` in ``policies_dir``.
+    """
     stats = RedactStats()
     started = time.perf_counter()
     by_uri = {d.uri: d for d in manifest.to_process}
     if not by_uri:
         return stats
-    factory = redaction_transform_factory(policy.name, str(policies_dir), tenant_key)
+    ref = str(resolve_policy_path(policy_ref or policy.name, policies_dir).resolve())
+    factory = redaction_transform_factory(ref, str(policies_dir), tenant_key, recheck_fraction)
     with ParsePool(workers=workers, timeout_s=timeout_s, memory_mb=memory_mb, limits=limits,
                    transform_factory=factory) as pool:
         for outcome in pool.process(_jobs(connector, manifest.to_process, catalog, manifest.source_id,

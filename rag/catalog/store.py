@@ -72,6 +72,9 @@ class NewChunk:
     title: str | None
     page: int | None
     entity_counts: dict[str, int]
+    # True when the redacting worker's last detection pass over exactly this text found nothing;
+    # the no_residual_pii check then re-scans only a sample of such chunks.
+    pii_checked: bool = False
 
 
 @dataclass(frozen=True)
@@ -209,7 +212,8 @@ class CatalogStore:
             s.flush()
             s.add_all(Chunk(document_id=doc.id, document_version=doc.version, ordinal=c.ordinal, text=c.text,
                             content_hash=c.content_hash, title=c.title, page=c.page, access=access,
-                            policy_name=policy_name, policy_hash=policy_hash, entity_counts=c.entity_counts)
+                            policy_name=policy_name, policy_hash=policy_hash, entity_counts=c.entity_counts,
+                            pii_checked=c.pii_checked)
                       for c in chunks)
             s.execute(delete(QuarantineRecord).where(QuarantineRecord.source_id == source_id,
                                                      QuarantineRecord.uri == uri))
