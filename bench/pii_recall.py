@@ -2,12 +2,12 @@
 
     python bench/pii_recall.py [--policy default] [--baseline] [--json] [--corpus DIR]
 
-For each document: parse it (``rag.parsing.parse_file``), redact its chunks in one batched
-``redact_many`` call, and check each labelled value of a must-redact type: it is *leaked* when it
-survives verbatim (whitespace normalised) in the redacted text. Precision is the share of removed
-spans that overlap an occurrence of any labelled value (of any labelled type, e.g. organisations
-and places count as PII-like context). ``--baseline`` adds out-of-the-box Presidio (predefined
-recognizers, spaCy small, all entities, AnonymizerEngine defaults). Speed compares chars/s of
+The Enclave side is ``enclave eval pii`` (:mod:`rag.eval.pii`): each labelled document is parsed
+and chunked as ingestion does and redacted by ingestion's own transform, to a fixpoint; a labelled
+value of a must-redact type is *leaked* when it survives verbatim (whitespace normalised), and
+precision is the share of removed spans that overlap an occurrence of any labelled value.
+``--baseline`` scores out-of-the-box Presidio (predefined recognizers, spaCy small, all entities,
+AnonymizerEngine defaults) on the same chunks, the same way. Speed compares chars/s of
 ``redact_many`` with a per-text ``AnalyzerEngine.analyze`` loop, in the same run.
 
 Prints counts and rates only, never document text.
@@ -17,120 +17,32 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rag.config import enforce_offline  # noqa: E402
-from rag.policy import load_policy  # noqa: E402
-from rag.redaction import DEFAULT_SPACY_MODEL, PresidioRedactor  # noqa: E402
+from rag.config import load_settings  # noqa: E402
+from rag.eval.pii import (  # noqa: E402
+    IngestionRedaction,
+    LabelledDocument,
+    RedactedDocument,
+    evaluate_pii,
+    load_corpus,
+    read_labels,
+    read_must,
+    score,
+)
+from rag.parsing import ParseLimits  # noqa: E402
+from rag.redaction import DEFAULT_SPACY_MODEL  # noqa: E402
 
 DEFAULT_CORPUS = ROOT.parent / "shared" / "corpus" / "pii-synthetic"
 TARGETS = {"CREDIT_CARD": 0.99, "IBAN_CODE": 0.99, "US_SSN": 0.99, "EMAIL_ADDRESS": 0.99,
            "PHONE_NUMBER": 0.99, "PERSON": 0.95, "STREET_ADDRESS": 0.95}
-
-
-@dataclass(frozen=True)
-class Document:
-    name: str
-    chunks: tuple[str, ...]
-    labels: tuple[tuple[str, str], ...]  # (type, value)
-
-    @property
-    def text(self) -> str:
-        return "\n".join(self.chunks)
-
-
-@dataclass
-class Score:
-    labelled: Counter[str] = field(default_factory=Counter)
-    leaked: Counter[str] = field(default_factory=Counter)
-    removed_spans: int = 0
-    removed_on_pii: int = 0
-    removed_by_type: Counter[str] = field(default_factory=Counter)
-
-    def recall(self, entity: str) -> float:
-        n = self.labelled[entity]
-        return 1.0 - self.leaked[entity] / n if n else float("nan")
-
-    def overall_recall(self) -> float:
-        n = sum(self.labelled.values())
-        return 1.0 - sum(self.leaked.values()) / n if n else float("nan")
-
-    def precision(self) -> float:
-        return self.removed_on_pii / self.removed_spans if self.removed_spans else float("nan")
-
-
-def _norm(s: str) -> str:
-    return " ".join(s.split())
-
-
-def load_corpus(corpus: Path) -> list[Document]:
-    from rag.parsing import parse_file
-
-    labels = {}
-    for line in (corpus / "labels.jsonl").read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            row = json.loads(line)
-            labels[row["file"]] = tuple((e["type"], e["value"]) for e in row["entities"])
-    docs = []
-    for path in sorted((corpus / "docs").iterdir()):
-        chunks = tuple(c.text for c in parse_file(path))
-        docs.append(Document(path.name, chunks, labels.get(path.name, ())))
-    return docs
-
-
-def _label_spans(text: str, labels: Sequence[tuple[str, str]]) -> list[tuple[int, int]]:
-    spans = []
-    for _, value in labels:
-        words = value.split()
-        if not words:
-            continue
-        pattern = r"\s+".join(re.escape(w) for w in words)
-        spans.extend(m.span() for m in re.finditer(pattern, text))
-    return spans
-
-
-Spans = list[tuple[str, int, int]]  # (type, start, end) per chunk
-
-
-def score(docs: Sequence[Document], must: set[str], redacted: Sequence[Sequence[str]],
-          removed: Sequence[Sequence[Spans]]) -> Score:
-    s = Score()
-    for doc, red_chunks, doc_spans in zip(docs, redacted, removed, strict=True):
-        red = _norm("\n".join(red_chunks))
-        for etype, value in doc.labels:
-            if etype in must and _norm(value):
-                s.labelled[etype] += 1
-                if _norm(value) in red:
-                    s.leaked[etype] += 1
-        offset = 0
-        for chunk, spans in zip(doc.chunks, doc_spans, strict=True):
-            pii = _label_spans(chunk, doc.labels)
-            for etype, a, b in spans:
-                s.removed_spans += 1
-                s.removed_by_type[etype] += 1
-                if any(a < pb and pa < b for pa, pb in pii):
-                    s.removed_on_pii += 1
-            offset += len(chunk) + 1
-    return s
-
-
-def run_policy(redactor: PresidioRedactor, docs: Sequence[Document]) -> tuple[list[list[str]], list[list[Spans]]]:
-    redacted, removed = [], []
-    for doc in docs:
-        findings = redactor.detect_many(list(doc.chunks))
-        redacted.append([redactor.redact(c, f).text for c, f in zip(doc.chunks, findings, strict=True)])
-        removed.append([[(f.entity_type, f.start, f.end) for f in fs] for fs in findings])
-    return redacted, removed
 
 
 def baseline_engines() -> tuple[Any, Any]:
@@ -144,17 +56,16 @@ def baseline_engines() -> tuple[Any, Any]:
     return AnalyzerEngine(nlp_engine=provider.create_engine(), supported_languages=["en"]), AnonymizerEngine()
 
 
-def run_baseline(analyzer: Any, anonymizer: Any, docs: Sequence[Document]) -> tuple[list[list[str]], list[list[Spans]]]:
-    redacted, removed = [], []
+def run_baseline(analyzer: Any, anonymizer: Any, docs: Sequence[LabelledDocument]) -> list[RedactedDocument]:
+    out = []
     for doc in docs:
-        red_chunks, spans = [], []
+        red_chunks, removals = [], []
         for chunk in doc.chunks:
-            results = analyzer.analyze(text=chunk, language="en")
-            red_chunks.append(anonymizer.anonymize(text=chunk, analyzer_results=results).text)
-            spans.append([(r.entity_type, r.start, r.end) for r in results])
-        redacted.append(red_chunks)
-        removed.append(spans)
-    return redacted, removed
+            results = analyzer.analyze(text=chunk.text, language="en")
+            red_chunks.append(anonymizer.anonymize(text=chunk.text, analyzer_results=results).text)
+            removals.append((chunk.text, tuple((r.entity_type, r.start, r.end) for r in results)))
+        out.append(RedactedDocument(tuple(red_chunks), tuple(removals)))
+    return out
 
 
 def _rate(fn: Callable[[], object], chars: int, repeat: int) -> float:
@@ -175,35 +86,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="timing repetitions (best is kept)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    enforce_offline()
+    settings = load_settings(policies_dir=args.policies_dir)
     if not (args.corpus / "labels.jsonl").exists():
-        print(f"corpus not found: {args.corpus}", file=sys.stderr)  # noqa: T201
+        print(f"corpus not found: {args.corpus}", file=sys.stderr)
         return 2
-    must = set(json.loads((args.corpus / "must_redact.json").read_text(encoding="utf-8")))
-    docs = load_corpus(args.corpus)
-    chunks = [c for d in docs for c in d.chunks]
+    must = read_must(args.corpus / "must_redact.json")
+    corpus = load_corpus(args.corpus / "docs", read_labels(args.corpus / "labels.jsonl"),
+                         ParseLimits.from_settings(settings))
+    docs = corpus.documents
+    chunks = [c.text for d in docs for c in d.chunks]
     chars = sum(len(c) for c in chunks)
 
-    redactor = PresidioRedactor(load_policy(args.policy, args.policies_dir), tenant_key=b"bench")
-    redactor.warm_up()
-    ours = score(docs, must, *run_policy(redactor, docs))
-    report: dict[str, Any] = {"policy": args.policy, "documents": len(docs), "chunks": len(chunks),
-                              "chars": chars, "types": {}}
+    redaction = IngestionRedaction(args.policy, args.policies_dir, tenant_key=b"bench")
+    redactor = redaction.redactor
+    ours = evaluate_pii(redaction, corpus, must, "must_redact.json").to_json()
+    report: dict[str, Any] = {"policy": args.policy, "documents": ours["documents"], "chunks": ours["chunks"],
+                              "chars": chars, "quarantined": ours["quarantined"], "types": {}}
     base = None
     analyzer = None
     if args.baseline:
         analyzer, anonymizer = baseline_engines()
-        base = score(docs, must, *run_baseline(analyzer, anonymizer, docs))
-    for etype in sorted(ours.labelled):
-        row = {"labelled": ours.labelled[etype], "leaked": ours.leaked[etype], "recall": ours.recall(etype),
-               "target": TARGETS.get(etype)}
+        base = score(docs, run_baseline(analyzer, anonymizer, docs))
+    for etype, row in ours["types"].items():
+        if not row["must_redact"]:
+            continue
+        report["types"][etype] = {"labelled": row["labelled"], "leaked": row["leaked"], "recall": row["recall"],
+                                  "target": TARGETS.get(etype)}
         if base is not None:
-            row |= {"baseline_leaked": base.leaked[etype], "baseline_recall": base.recall(etype)}
-        report["types"][etype] = row
-    report["overall"] = {"recall": ours.overall_recall(), "precision": ours.precision(),
-                         "removed_spans": ours.removed_spans, "removed_by_type": dict(ours.removed_by_type)}
+            report["types"][etype] |= {"baseline_leaked": base.leaked[etype], "baseline_recall": base.recall([etype])}
+    o = ours["overall"]
+    report["overall"] = {"recall": o["recall"], "precision": o["precision"], "removed_spans": o["removed_spans"],
+                         "removed_by_type": o["removed_by_type"]}
     if base is not None:
-        report["baseline_overall"] = {"recall": base.overall_recall(), "precision": base.precision(),
+        report["baseline_overall"] = {"recall": base.recall(must), "precision": base.precision(),
                                       "removed_spans": base.removed_spans}
 
     # Speed, same run: batched redact_many vs a per-text analyze loop.
@@ -215,32 +130,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         speed["baseline_analyze_loop_chars_per_s"] = _rate(
             lambda: [analyzer.analyze(text=c, language="en") for c in chunks], chars, args.repeat)
     report["speed"] = speed
-    report["meets_targets"] = all(ours.recall(t) >= floor for t, floor in TARGETS.items() if ours.labelled[t])
+    report["meets_targets"] = all(row["recall"] >= TARGETS[t] for t, row in report["types"].items() if t in TARGETS)
 
     if args.json:
-        print(json.dumps(report, indent=2))  # noqa: T201
+        print(json.dumps(report, indent=2))
         return 0
     head = f"{'entity':<18}{'labelled':>9}{'leaked':>8}{'recall':>8}{'target':>8}"
     if base is not None:
         head += f"{'base leaked':>12}{'base recall':>12}"
-    print(f"policy {args.policy}: {len(docs)} documents, {len(chunks)} chunks, {chars} chars")  # noqa: T201
-    print(head)  # noqa: T201
+    print(f"policy {args.policy}: {len(docs)} documents, {len(chunks)} chunks, {chars} chars")
+    for name, reason in report["quarantined"].items():
+        print(f"quarantined as ingestion would (not scored): {name} ({reason})")
+    print(head)
     for etype, row in report["types"].items():
         line = (f"{etype:<18}{row['labelled']:>9}{row['leaked']:>8}{row['recall']:>8.3f}"
                 f"{(row['target'] or 0):>8.2f}")
         if base is not None:
             line += f"{row['baseline_leaked']:>12}{row['baseline_recall']:>12.3f}"
-        print(line)  # noqa: T201
+        print(line)
     o = report["overall"]
-    print(f"overall recall {o['recall']:.3f}, precision {o['precision']:.3f} "  # noqa: T201
+    print(f"overall recall {o['recall']:.3f}, precision {o['precision']:.3f} "
           f"({o['removed_spans']} spans removed)")
     if base is not None:
         b = report["baseline_overall"]
-        print(f"baseline recall {b['recall']:.3f}, precision {b['precision']:.3f} "  # noqa: T201
+        print(f"baseline recall {b['recall']:.3f}, precision {b['precision']:.3f} "
               f"({b['removed_spans']} spans removed)")
     for k, v in speed.items():
-        print(f"{k}: {v:,.0f}")  # noqa: T201
-    print("targets met" if report["meets_targets"] else "TARGETS NOT MET")  # noqa: T201
+        print(f"{k}: {v:,.0f}")
+    print("targets met" if report["meets_targets"] else "TARGETS NOT MET")
     return 0
 
 

@@ -2,8 +2,10 @@
 
 The oracle is independent of the catalog: each document's access rule is read again from the
 source itself (its ``.access.json`` files), and every hit, citation and passage put in the
-prompt is checked against it. A leak is any of those from a document the probe's groups do
-not admit. The figure to reach is zero.
+prompt from a document of that source is checked against it. A leak is any of those from a
+document the probe's groups do not admit, or that the source no longer holds or gives no rule.
+The figure to reach is zero. Hits from the catalog's other sources are counted, not judged:
+their rules live elsewhere (evaluate each source with its own directory).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 
 from connectors.base import AccessRule
 from connectors.filesystem import FileShareSource
+from rag.catalog.store import CatalogStore
+from rag.eval import EvaluationInputError
 from rag.query import QueryEngine
 
 
@@ -31,58 +35,84 @@ class AccessReport:
     hits_checked: int = 0
     citations_checked: int = 0
     prompt_passages_checked: int = 0
+    other_sources: int = 0  # hits, passages and citations from documents of other sources
     leaks: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"probes": self.probes, "hits_checked": self.hits_checked,
                 "citations_checked": self.citations_checked,
                 "prompt_passages_checked": self.prompt_passages_checked,
+                "not_judged_other_sources": self.other_sources,
                 "leaks": len(self.leaks), "leak_details": self.leaks}
 
 
 def read_probes(path: Path) -> list[Probe]:
+    """JSONL, one ``{"user": ..., "groups": [...] or "a,b", "question": ...}`` per line."""
     probes = []
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
             row = json.loads(line)
             groups = row.get("groups", [])
             if isinstance(groups, str):
-                groups = [g for g in groups.split(",") if g]
-            probes.append(Probe(str(row["user"]), tuple(groups), str(row["question"])))
+                groups = groups.split(",")
+            probes.append(Probe(str(row["user"]), tuple(g.strip() for g in groups if g.strip()),
+                                str(row["question"])))
+        except (json.JSONDecodeError, KeyError, AttributeError, TypeError):
+            raise EvaluationInputError(
+                f'{path}:{n}: a probe is {{"user": ..., "groups": [...], "question": ...}}') from None
+    if not probes:
+        raise EvaluationInputError(f"{path}: no probes found")
     return probes
 
 
 def source_rules(docs_dir: Path, default_access: AccessRule | None = None) -> dict[str, AccessRule | None]:
+    """Each document's rule as the source states it now, by the uri ingestion stores."""
     return {d.uri: d.access for d in FileShareSource(docs_dir, default_access=default_access).scan()}
 
 
+def source_documents(catalog: CatalogStore, source: str) -> frozenset[int]:
+    """Catalog ids of the documents ingested from the source named ``source``."""
+    source_id = catalog.source_id(source)
+    if source_id is None:
+        raise EvaluationInputError(f"the catalog has no source named {source!r}; pass the name it was "
+                                   "ingested under (enclave ingest --source, default: the directory name)")
+    return frozenset(d.id for d in catalog.known_documents(source_id).values())
+
+
 def check_access(engine: QueryEngine, probes: list[Probe], rules: dict[str, AccessRule | None],
-                 ask: bool = True, k: int = 10) -> AccessReport:
+                 documents: frozenset[int], ask: bool = True, k: int = 10) -> AccessReport:
+    """Check every hit (and, with ``ask``, prompt passage and citation) from ``documents`` against ``rules``."""
     report = AccessReport()
 
-    def admitted(uri: str, groups: tuple[str, ...]) -> bool:
+    def check(n: int, probe: Probe, where: str, document_id: int, uri: str) -> bool:
+        """Judge one item and record a leak; False when it comes from another source (not judged)."""
+        if document_id not in documents:
+            report.other_sources += 1
+            return False
         rule = rules.get(uri)
-        return rule is not None and rule.admits(groups)
+        if rule is not None and rule.admits(probe.groups):
+            return True
+        why = ("not in the source" if uri not in rules else "no access rule in the source" if rule is None
+               else f"source admits {sorted(rule.groups)}")
+        report.leaks.append({"probe": n, "user": probe.user, "groups": list(probe.groups), "where": where,
+                             "uri": uri, "why": why})
+        return True
 
-    for probe in probes:
+    for n, probe in enumerate(probes, 1):
         report.probes += 1
         found = engine.search(probe.question, user=probe.user, groups=list(probe.groups), k=k,
                               purpose="access-evaluation")
-        for h in found.result.hits:
-            report.hits_checked += 1
-            if not admitted(h.source_uri, probe.groups):
-                report.leaks.append({"probe": report.probes, "where": "search hit", "uri": h.source_uri})
+        report.hits_checked += sum(check(n, probe, "search hit", h.document_id, h.source_uri)
+                                   for h in found.result.hits)
         if not ask:
             continue
         out = engine.ask(probe.question, user=probe.user, groups=list(probe.groups), purpose="access-evaluation")
         shown = set(out.answer.shown_passage_ids)
-        for hit_index, h in enumerate(out.result.hits):
-            if f"P{hit_index + 1}" in shown:
-                report.prompt_passages_checked += 1
-                if not admitted(h.source_uri, probe.groups):
-                    report.leaks.append({"probe": report.probes, "where": "prompt passage", "uri": h.source_uri})
-        for c in out.answer.citations:
-            report.citations_checked += 1
-            if not admitted(c.source_uri, probe.groups):
-                report.leaks.append({"probe": report.probes, "where": "citation", "uri": c.source_uri})
+        report.prompt_passages_checked += sum(  # P1, P2, ...: the passage ids QueryEngine.ask gives its hits
+            check(n, probe, "prompt passage", h.document_id, h.source_uri)
+            for i, h in enumerate(out.result.hits) if f"P{i + 1}" in shown)
+        report.citations_checked += sum(check(n, probe, "citation", c.document_id, c.source_uri)
+                                        for c in out.answer.citations)
     return report

@@ -63,7 +63,7 @@ def write_html(path: Path, title: str, sections: Sequence[Section]) -> None:
         parts.append(f"<h2>{html.escape(s.title)}</h2>")
         if s.note:
             parts.append(f"<p>{html.escape(s.note)}</p>")
-        if s.bars:
+        if s.bars and any(s.bars.values()):
             parts.append(f'<img alt="{html.escape(s.title)}" src="data:image/png;base64,{_bar_png(s.bars, s.title)}">')
         parts.append(_table(s.rows))
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"

@@ -6,53 +6,85 @@ import json
 import re
 from pathlib import Path
 
+from rag.eval import EvaluationInputError
+
 _TOP = re.compile(r"<top>(.*?)</top>", re.S | re.I)
 _NUM = re.compile(r"<num>\s*(?:Number:)?\s*(\S+)", re.I)
 _TITLE = re.compile(r"<title>\s*(?:Topic:)?\s*(.*?)\s*(?=<desc>|<narr>|</top>|$)", re.S | re.I)
 _DOC = re.compile(r"<DOC>(.*?)</DOC>", re.S)
 _DOCNO = re.compile(r"<DOCNO>\s*(.*?)\s*</DOCNO>", re.S)
+_ID_KEYS = ("id", "query_id", "qid", "_id")
+_QUERY_KEYS = ("query", "text", "title")
 
 
 def read_topics(path: Path) -> dict[str, str]:
     """Topic id → query text. Recognises TREC ``<top>``, ``<DOC><DOCNO>``, ``id<TAB>query`` and JSONL."""
     text = Path(path).read_text(encoding="utf-8", errors="replace")
-    stripped = text.lstrip()
     if "<top>" in text.lower():
-        topics = {}
-        for block in _TOP.findall(text):
-            num, title = _NUM.search(block), _TITLE.search(block)
-            if num and title:
-                topics[num.group(1)] = " ".join(title.group(1).split())
-        return topics
-    if "<DOC>" in text:
-        topics = {}
-        for block in _DOC.findall(text):
-            m = _DOCNO.search(block)
-            if m:
-                topics[m.group(1).strip()] = " ".join(_DOCNO.sub(" ", block).split())
-        return topics
-    if stripped.startswith("{"):
+        topics = _trec_topics(text)
+    elif "<DOC>" in text:
+        topics = _docno_topics(text)
+    elif text.lstrip().startswith("{"):
+        topics = _jsonl_topics(text, path)
+    else:
         topics = {}
         for line in text.splitlines():
-            if line.strip():
-                row = json.loads(line)
-                topics[str(row.get("id", row.get("query_id", row.get("qid"))))] = str(row.get("query", row.get("text")))
-        return topics
-    topics = {}
-    for line in text.splitlines():
-        if "\t" in line:
-            qid, query = line.split("\t", 1)
-            topics[qid.strip()] = query.strip()
+            if "\t" in line:
+                qid, query = line.split("\t", 1)
+                if qid.strip() and query.strip():
+                    topics[qid.strip()] = query.strip()
     if not topics:
-        raise ValueError(f"{path}: no topics found (TREC <top>, <DOC><DOCNO>, id<TAB>query or JSONL)")
+        raise EvaluationInputError(f"{path}: no topics found (TREC <top>, <DOC><DOCNO>, id<TAB>query or JSONL)")
+    return topics
+
+
+def _trec_topics(text: str) -> dict[str, str]:
+    topics = {}
+    for block in _TOP.findall(text):
+        num, title = _NUM.search(block), _TITLE.search(block)
+        if num and title:
+            topics[num.group(1)] = " ".join(title.group(1).split())
+    return topics
+
+
+def _docno_topics(text: str) -> dict[str, str]:
+    topics = {}
+    for block in _DOC.findall(text):
+        m = _DOCNO.search(block)
+        if m:
+            topics[m.group(1).strip()] = " ".join(_DOCNO.sub(" ", block).split())
+    return topics
+
+
+def _jsonl_topics(text: str, path: Path) -> dict[str, str]:
+    topics = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise EvaluationInputError(f"{path}:{n}: not a JSON object") from None
+        qid = next((row[k] for k in _ID_KEYS if k in row), None)
+        query = next((row[k] for k in _QUERY_KEYS if k in row), None)
+        if qid is None or not isinstance(query, str):
+            raise EvaluationInputError(f"{path}:{n}: a topic needs an id ({', '.join(_ID_KEYS)}) "
+                                       f"and a query ({', '.join(_QUERY_KEYS)})")
+        topics[str(qid)] = query
     return topics
 
 
 def read_qrels(path: Path) -> dict[str, dict[str, int]]:
     """TREC qrels: ``qid iter docid relevance`` per line."""
     qrels: dict[str, dict[str, int]] = {}
-    for line in Path(path).read_text().splitlines():
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         parts = line.split()
-        if len(parts) >= 4:
-            qrels.setdefault(parts[0], {})[parts[2]] = int(parts[3])
+        if not parts:
+            continue
+        try:
+            qrels.setdefault(parts[0], {})[parts[2]] = int(float(parts[3]))
+        except (IndexError, ValueError):
+            raise EvaluationInputError(f"{path}:{n}: a qrels line is 'topic iteration document relevance'") from None
+    if not qrels:
+        raise EvaluationInputError(f"{path}: no relevance judgements found")
     return qrels
