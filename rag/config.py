@@ -59,7 +59,9 @@ class Settings(BaseSettings):
     exact_index_max: int = 50_000
 
     # Query side.
-    llm_backend: Literal["llamacpp", "openai", "vllm"] = "llamacpp"
+    # A built-in (llamacpp, openai, vllm) or a generator registered under the
+    # ``enclave.generators`` entry-point group; an unknown name fails when the engine starts.
+    llm_backend: str = Field(default="llamacpp", pattern=r"^[A-Za-z0-9_.-]+$")
     llm_model_path: str = ""
     llm_base_url: str = "http://127.0.0.1:8000/v1"
     llm_model: str = ""

@@ -200,7 +200,7 @@ def test_third_party_generator_is_found_through_its_entry_point(
     (dist_info / "entry_points.txt").write_text("[enclave.generators]\necho = enclave_echo_generator:factory\n")
     monkeypatch.syspath_prepend(str(tmp_path))
 
-    generator = generator_factory("echo")(Settings())
+    generator = generator_for(Settings(llm_backend="echo"))  # chosen from settings, as ENCLAVE_LLM_BACKEND=echo
 
     assert generator.backend == "echo"
     assert generator.generate([], None, PARAMS).model == "echo"
