@@ -119,9 +119,10 @@ class QueryEngine:
             latency_ms=(time.perf_counter() - started) * 1000.0, **llm)
 
     def search(self, question: str, *, user: str, groups: list[str], k: int = 10, mode: Mode = "hybrid",
-               purpose: str | None = None, kind: str = "search") -> AuditedSearch:
+               purpose: str | None = None, kind: str = "search", request_id: str | None = None) -> AuditedSearch:
         started = time.perf_counter()
-        request_id = uuid.uuid4().hex
+        # The service passes its own id, so its reply, an error body and the audit record name the same one.
+        request_id = request_id or uuid.uuid4().hex
         g = tuple(sorted(set(groups)))
         try:
             result = self.retriever.search(question, g, k=k, mode=mode)
@@ -137,9 +138,9 @@ class QueryEngine:
         return AuditedSearch(result, record, request_id)
 
     def ask(self, question: str, *, user: str, groups: list[str], k: int = 5, purpose: str | None = None,
-            kind: str = "ask") -> AuditedAnswer:
+            kind: str = "ask", request_id: str | None = None) -> AuditedAnswer:
         started = time.perf_counter()
-        request_id = uuid.uuid4().hex
+        request_id = request_id or uuid.uuid4().hex
         g = tuple(sorted(set(groups)))
         result: SearchResult | None = None
         try:

@@ -186,6 +186,11 @@ def test_http_search_filters_by_the_token_groups_and_is_audited(server: str, ing
     assert r.status_code == 200
     assert all(not h["source_uri"].startswith("oncology/") for h in r.json()["hits"])
     assert _audit_count(ingested) == before + 1 and r.json()["audit_id"] == before + 1
+    # The reply's header, its body and its audit record name one request id.
+    log = AuditLog(ingested.audit_database_url)
+    [record] = [rec for rec in log.records() if rec.seq == before + 1]
+    log.dispose()
+    assert r.headers["x-request-id"] == r.json()["request_id"] == record.body["request_id"]
 
 
 def test_the_openai_client_talks_to_chat_completions(server: str, ingested: Settings) -> None:

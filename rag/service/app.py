@@ -103,16 +103,16 @@ def create_app(settings: Settings | None = None, engine_factory: Callable[[Setti
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/search", response_model=SearchResponse)
-    def search(req: SearchRequest, who: PrincipalDep, eng: EngineDep) -> SearchResponse:
-        return serving.search(eng, who, req)
+    def search(req: SearchRequest, who: PrincipalDep, eng: EngineDep, request: Request) -> SearchResponse:
+        return serving.search(eng, who, req, request.state.request_id)
 
     @app.post("/v1/ask", response_model=AskResponse)
-    def ask(req: AskRequest, who: PrincipalDep, eng: EngineDep) -> AskResponse:
-        return serving.ask(eng, who, req)
+    def ask(req: AskRequest, who: PrincipalDep, eng: EngineDep, request: Request) -> AskResponse:
+        return serving.ask(eng, who, req, request.state.request_id)
 
     @app.post("/v1/chat/completions", response_model=None)
-    def chat(req: ChatCompletionRequest, who: PrincipalDep, eng: EngineDep) -> Any:
-        body, _ = serving.chat(eng, who, req)
+    def chat(req: ChatCompletionRequest, who: PrincipalDep, eng: EngineDep, request: Request) -> Any:
+        body, _ = serving.chat(eng, who, req, request.state.request_id)
         if req.stream:
             return StreamingResponse(serving.chat_stream(body), media_type="text/event-stream")
         return body

@@ -30,17 +30,18 @@ def _citations(out: AuditedAnswer) -> list[Citation]:
             for p in out.answer.citations]
 
 
-def search(engine: QueryEngine, who: Principal, req: SearchRequest) -> SearchResponse:
+def search(engine: QueryEngine, who: Principal, req: SearchRequest, request_id: str) -> SearchResponse:
     out = engine.search(req.question, user=who.user, groups=list(who.groups), k=req.k, mode=req.mode,
-                        purpose=req.purpose)
+                        purpose=req.purpose, request_id=request_id)
     hits = [SearchHit(chunk_id=h.chunk_id, document_id=h.document_id, document_version=h.document_version,
                       source_uri=h.source_uri, score=h.score, text=h.text) for h in out.result.hits]
     return SearchResponse(request_id=out.request_id, audit_id=out.audit.seq, question_redacted=out.result.question,
                           hits=hits)
 
 
-def ask(engine: QueryEngine, who: Principal, req: AskRequest) -> AskResponse:
-    out = engine.ask(req.question, user=who.user, groups=list(who.groups), k=req.k, purpose=req.purpose)
+def ask(engine: QueryEngine, who: Principal, req: AskRequest, request_id: str) -> AskResponse:
+    out = engine.ask(req.question, user=who.user, groups=list(who.groups), k=req.k, purpose=req.purpose,
+                     request_id=request_id)
     return AskResponse(request_id=out.request_id, audit_id=out.audit.seq, outcome=out.answer.outcome,
                        answer=out.answer.text, citations=_citations(out))
 
@@ -54,9 +55,10 @@ def _question_of(req: ChatCompletionRequest) -> str:
     raise ValueError("the chat request holds no user message")
 
 
-def chat(engine: QueryEngine, who: Principal, req: ChatCompletionRequest) -> tuple[dict[str, Any], AuditedAnswer]:
+def chat(engine: QueryEngine, who: Principal, req: ChatCompletionRequest,
+         request_id: str) -> tuple[dict[str, Any], AuditedAnswer]:
     question = _question_of(req)
-    out = engine.ask(question, user=who.user, groups=list(who.groups), kind="chat")
+    out = engine.ask(question, user=who.user, groups=list(who.groups), kind="chat", request_id=request_id)
     gen = out.answer.generation
     body = {
         "id": f"chatcmpl-{out.request_id}", "object": "chat.completion", "created": int(time.time()),
