@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, shared_path
 from sqlalchemy import select
 
-from conftest import ROOT, shared_path
 from pipelines.run import run_ingest
 from rag.catalog.models import Chunk, Document, QuarantineRecord
 from rag.catalog.store import CatalogStore
@@ -29,7 +29,8 @@ def _catalog(home: Path) -> CatalogStore:
 def _snapshot(home: Path) -> dict[str, object]:
     catalog = _catalog(home)
     with catalog.session() as s:
-        chunks = sorted((d.uri, c.ordinal, c.content_hash) for c, d in s.execute(select(Chunk, Document).join(Document)))
+        rows = s.execute(select(Chunk, Document).join(Document))
+        chunks = sorted((d.uri, c.ordinal, c.content_hash) for c, d in rows)
         ids = sorted(c.id for c in s.scalars(select(Chunk)))
         docs = sorted((d.uri, d.sha256) for d in s.scalars(select(Document)))
         quarantined = sorted((q.uri, q.reason) for q in s.scalars(select(QuarantineRecord)))
@@ -115,27 +116,20 @@ def test_no_labelled_pii_is_stored_beyond_what_the_recall_report_admits(enclave_
     out = run_ingest(str(corpus / "docs"), source_name="pii", groups=["staff"], log_level="DEBUG")
     assert out.success, out.failure
 
-    sys.path.insert(0, str(ROOT / "bench"))
-    import pii_recall
+    from rag.eval.pii import IngestionRedaction, evaluate_pii, load_corpus, read_labels, read_must
+    from rag.parsing import ParseLimits
 
-    from rag.policy import load_policy
-    from rag.redaction import PresidioRedactor
+    def norm(s: str) -> str:
+        return " ".join(s.split())
 
-    docs = pii_recall.load_corpus(corpus)
-    redactor = PresidioRedactor(load_policy("default", ROOT / "policies"))
-    redacted, _ = pii_recall.run_policy(redactor, docs)
-    must = set(json.loads((corpus / "must_redact.json").read_text()))
-    admitted: set[str] = set()
-    labelled: set[str] = set()
-    for doc, chunks in zip(docs, redacted, strict=True):
-        red = pii_recall._norm("\n".join(chunks))
-        for etype, value in doc.labels:
-            v = pii_recall._norm(value)
-            # values under five characters (a house number, "Eva") match unrelated bytes anywhere
-            if etype in must and len(v) >= 5:
-                labelled.add(v)
-                if v in red:
-                    admitted.add(v)
+    # The recall report, as `enclave eval pii` makes it: which labelled values survive redaction.
+    docs = load_corpus(corpus / "docs", read_labels(corpus / "labels.jsonl"), ParseLimits.from_settings(Settings()))
+    must = read_must(corpus / "must_redact.json")
+    report = evaluate_pii(IngestionRedaction("default", ROOT / "policies", b""), docs, must).to_json()
+    # values under five characters (a house number, "Eva") match unrelated bytes anywhere
+    labelled = {norm(lab.value) for d in docs.documents for lab in d.labels
+                if lab.entity_type in must and len(norm(lab.value)) >= 5}
+    admitted = {norm(leak["value"]) for leak in report["leaked_values"]} & labelled
 
     stored = []
     for root in (enclave_home, dagster_home):

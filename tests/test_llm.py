@@ -218,7 +218,7 @@ def _importable(name: str) -> bool:
 def test_openai_backend_against_llama_cpp_server_returns_schema_valid_reply(
     llama_server: LlamaServer,  # noqa: F811
 ) -> None:
-    generator = OpenAICompatibleGenerator(llama_server.base_url, timeout_s=60)
+    generator = OpenAICompatibleGenerator(llama_server.base_url, timeout_s=180)
     messages, schema = messages_and_schema()
     generation = generator.generate(messages, schema, PARAMS)
 
@@ -233,7 +233,7 @@ def test_openai_backend_against_llama_cpp_server_returns_schema_valid_reply(
 def test_answerer_over_openai_backend_gives_ok_answer_with_given_citations(
     llama_server: LlamaServer,  # noqa: F811
 ) -> None:
-    generator = OpenAICompatibleGenerator(llama_server.base_url, model=llama_server.model, timeout_s=60)
+    generator = OpenAICompatibleGenerator(llama_server.base_url, model=llama_server.model, timeout_s=180)
     result = Answerer(generator, PARAMS, max_context_chars=4000).answer(QUESTION, PASSAGES)
 
     assert result.outcome == "ok", result.error

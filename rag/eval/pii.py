@@ -3,9 +3,10 @@
 Nothing is ingested. Each labelled file is parsed and chunked as the parse workers do
 (:func:`rag.parsing.parse_file` with the ingestion limits) and its chunks go through ingestion's
 own :class:`~rag.ingest.RedactionTransform` (batched, to a fixpoint); the text it returns is the
-text ingestion would store. A labelled value *leaks* when it survives verbatim (whitespace
-normalised) in that text. Precision is the share of removed spans that overlap an occurrence of
-a labelled value of any type (organisations and places count as PII-like context). A file
+text ingestion would store. A labelled value *leaks* when it survives in that text as a whole
+word, in any letter case and with any whitespace between its words. Precision is the share of
+removed spans that overlap such an occurrence of a labelled value of any type (organisations and
+places count as PII-like context). A file
 ingestion would quarantine (unparseable, or redaction that does not converge) stores nothing and
 is reported apart. Leaked values appear only in the report object, never in logs.
 """
@@ -170,16 +171,18 @@ class PiiScore:
         return self.removed_on_pii / self.removed_spans if self.removed_spans else None
 
 
-def _norm(s: str) -> str:
-    return " ".join(s.split())
+def _value_pattern(value: str) -> re.Pattern[str]:
+    """A labelled value as it may appear: any whitespace between its words, any letter case
+    ("salazar" labelled, "Salazar" in the text), not inside a longer word ("Eva" in "Evaluation")."""
+    words = value.split()
+    return re.compile(r"(?<!\w)" + r"\s+".join(re.escape(w) for w in words) + r"(?!\w)", re.IGNORECASE)
 
 
 def _label_spans(text: str, labels: Sequence[Label]) -> list[tuple[int, int]]:
     spans: list[tuple[int, int]] = []
     for label in labels:
-        words = label.value.split()
-        if words:
-            spans.extend(m.span() for m in re.finditer(r"\s+".join(re.escape(w) for w in words), text))
+        if label.value.split():
+            spans.extend(m.span() for m in _value_pattern(label.value).finditer(text))
     return spans
 
 
@@ -187,13 +190,12 @@ def score(documents: Sequence[LabelledDocument], redacted: Sequence[RedactedDocu
     """Leaks of every labelled type, and precision of every removed span."""
     s = PiiScore()
     for doc, red in zip(documents, redacted, strict=True):
-        stored = _norm("\n".join(red.chunks))
+        stored = "\n".join(red.chunks)
         for label in doc.labels:
-            value = _norm(label.value)
-            if not value:
+            if not label.value.split():
                 continue
             s.labelled[label.entity_type] += 1
-            if value in stored:
+            if _value_pattern(label.value).search(stored):
                 s.leaked[label.entity_type] += 1
                 s.leaked_values.append((label.entity_type, doc.name, label.value))
         for text, spans in red.removals:
