@@ -55,8 +55,12 @@ class Settings(BaseSettings):
     chunk_max_tokens: int = 240
     parse_workers: int = Field(default_factory=lambda: max(1, (os.cpu_count() or 1)))
 
-    # Index: exact search below this many vectors, HNSW above (see bench/index_scale.py).
-    exact_index_max: int = 50_000
+    # Index: exact search up to this many vectors, HNSW above. Measured by bench/index_scale.py
+    # (bench/RESULTS.md, 2-core CPU): HNSW is faster from ~10k vectors, but up to 100k exact search
+    # costs less than embedding the question (~21 ms): 10 ms p50 unfiltered, 16 ms for a user who
+    # sees half the chunks, while HNSW under a permission filter loses 9-17% of recall@10 for a
+    # user who sees 5% of 25k-200k chunks. At 200k exact costs 20-32 ms.
+    exact_index_max: int = 100_000
 
     # Query side.
     # A built-in (llamacpp, openai, vllm) or a generator registered under the

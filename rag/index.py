@@ -69,7 +69,8 @@ def gpu_count() -> int:
 
 
 class FaissIndex:
-    def __init__(self, directory: Path, dim: int, model_id: str, exact_max: int = 50_000, device: str = "auto") -> None:
+    def __init__(self, directory: Path, dim: int, model_id: str, exact_max: int = 100_000,
+                 device: str = "auto") -> None:
         self.directory = Path(directory)
         self.dim = dim
         self.model_id = model_id
