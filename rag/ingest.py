@@ -32,7 +32,7 @@ from rag.workers import FileJob, ParsePool
 log = logging.getLogger(__name__)
 
 # Bump when parsing, chunking or redaction changes in a way that should re-process documents.
-PIPELINE_VERSION = "2026.11.2"
+PIPELINE_VERSION = "2026.11.3"
 MAX_PASSES = 3
 
 

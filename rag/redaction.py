@@ -333,11 +333,3 @@ class PresidioRedactor:
         """HMAC-SHA256 of the normalised value under the tenant key, truncated: same value, same token."""
         normalised = " ".join(value.split()).casefold()
         return hmac.new(self._tenant_key, normalised.encode("utf-8"), hashlib.sha256).hexdigest()[:_HASH_HEX]
-
-
-def analyze_per_text(analyzer: Any, texts: Sequence[str], entities: Sequence[str] | None = None) -> int:
-    """Presidio's unbatched path (one ``analyze`` call per text); the benchmark's reference."""
-    n = 0
-    for t in texts:
-        n += len(analyzer.analyze(text=t, language="en", entities=list(entities) if entities else None))
-    return n
