@@ -117,7 +117,7 @@ def chunk_embeddings(context: dg.AssetExecutionContext, enclave: EnclaveResource
         catalog.update_run(run.id, {"chunks_embedded": stats.embedded, "embed_seconds": round(stats.seconds, 3)})
     return dg.MaterializeResult(metadata={
         "chunks_embedded": stats.embedded, "embedding_model": embedder.model_id,
-        "weights_sha256": embedder.weights_sha256, "seconds": round(stats.seconds, 3)})
+        "weights_sha256": embedder.weights_sha256, "precision": embedder.precision, "seconds": round(stats.seconds, 3)})
 
 
 @dg.asset(group_name="ingestion", deps=[chunk_embeddings], kinds={"faiss"})

@@ -52,7 +52,8 @@ class EnclaveResource(dg.ConfigurableResource):  # type: ignore[misc]  # dagster
     def embedder(self) -> SentenceTransformerEmbedder:
         if "embedder" not in self._cache:
             s = self.settings
-            self._cache["embedder"] = SentenceTransformerEmbedder(s.embedding_model, s.device, s.embedding_batch_size)
+            self._cache["embedder"] = SentenceTransformerEmbedder(s.embedding_model, s.device, s.embedding_batch_size,
+                                                                   s.embedding_precision)
         embedder: SentenceTransformerEmbedder = self._cache["embedder"]
         return embedder
 

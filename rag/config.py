@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     audit_app_role: str = Field(default="", description="PostgreSQL role of the service: INSERT/SELECT only on audit rows.")
     embedding_model: str = Field(default_factory=_bundled_embedding_model)
     embedding_batch_size: int = 64
+    # auto: bfloat16 autocast on CPUs with native bfloat16 (2x faster, cosine 0.99996 to float32).
+    embedding_precision: Literal["auto", "float32", "bfloat16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     policy: str = "default"
     policies_dir: Path = Field(default=Path(__file__).resolve().parent.parent / "policies")

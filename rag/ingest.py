@@ -32,7 +32,7 @@ from rag.workers import FileJob, ParsePool
 log = logging.getLogger(__name__)
 
 # Bump when parsing, chunking or redaction changes in a way that should re-process documents.
-PIPELINE_VERSION = "2026.11.3"
+PIPELINE_VERSION = "2026.11.4"
 MAX_PASSES = 3
 
 
@@ -277,7 +277,7 @@ def embed_chunks(catalog: CatalogStore, embedder: Any, batch: int = 512,
         if not rows:
             break
         ids = [r[0] for r in rows]
-        vectors = embedder.embed([r[1] for r in rows])
+        vectors = embedder.embed_passages([r[1] for r in rows])
         catalog.set_embeddings(model_id, ids, vectors)
         done += len(ids)
         if on_progress is not None:

@@ -56,7 +56,7 @@ class QueryEngine:
         self.audit.migrate(app_role=settings.audit_app_role or None)
         self.policy: Policy = load_policy(settings.policy, settings.policies_dir)
         self.embedder = SentenceTransformerEmbedder(settings.embedding_model, settings.device,
-                                                    settings.embedding_batch_size)
+                                                    settings.embedding_batch_size, settings.embedding_precision)
         self.index = FaissIndex(settings.index_dir / "vectors", self.embedder.dimension, self.embedder.model_id,
                                 settings.exact_index_max, settings.device)
         self.lexical = Bm25Index(settings.index_dir / "bm25")

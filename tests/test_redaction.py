@@ -10,8 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rag.errors import ConfigurationError
 from rag.policy import Operator, load_policy
-from rag.redaction import Finding, PresidioRedactor, luhn_valid, merge_findings
+from rag.redaction import Finding, PresidioRedactor, luhn_valid, merge_findings, min_phone_digits
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ROOT / "policies"
@@ -187,3 +188,37 @@ def test_default_policy_meets_recall_floors_on_pii_synthetic() -> None:
     assert all(recalls[t] >= floor for t, floor in floors.items()), recalls
     assert report["quarantined"] == {}  # every labelled document converged and would be stored
     assert report["overall"]["precision"] >= 0.8
+
+
+# A citation table (tab-separated groups of few digits), numbers that look like phones but are
+# not, and real numbers in several notations, two of them after a numeric table on one line.
+PHONE_TEXT = ("References\n1479\t5\t1479\n1480\t5\t1480\n205 5 205\n"
+              "Call 212-555-0143 or (212) 555-0199 ext. 12, +44 20 7946 0958, 020 7946 0000.\n"
+              "Sections 3.21 and 5.15; pages 211-227 (2003); ids 12 34 56 7 8 9 0 1; 4111 1111 1111 1111.\n"
+              "1 2 3\t+1 415 555 2671\t7 8\n")
+
+
+def test_phone_detection_skips_short_digit_groups_without_changing_what_it_finds(
+        default_redactor: PresidioRedactor) -> None:
+    from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+
+    ours = next(r for r in default_redactor.analyzer.registry.recognizers if r.name == "PhoneRecognizer")
+    plain = PhoneRecognizer(supported_regions=list(default_redactor.policy.phone_regions))
+    for text in (PHONE_TEXT, PHONE_TEXT.replace("\t", " "), PHONE_TEXT.replace("\n", " ")):
+        expected = {(r.start, r.end, r.score) for r in plain.analyze(text, ["PHONE_NUMBER"])}
+        found = {(r.start, r.end, r.score) for r in ours.analyze(text, ["PHONE_NUMBER"])}
+        assert found == expected
+        assert len(found) >= 4  # the real numbers are there to be found
+
+
+def test_shortest_valid_phone_number_comes_from_libphonenumber_metadata() -> None:
+    assert min_phone_digits(["US"]) == 10  # a US number is valid only with its area code
+    assert min_phone_digits(["US", "GB"]) == 7  # GB has 7-digit national numbers
+    with pytest.raises(ConfigurationError):
+        min_phone_digits(["XX"])
+
+
+def test_context_words_match_inflected_and_irregular_forms(default_redactor: PresidioRedactor) -> None:
+    # "born" used to be lemmatised to "bear" and never matched the birth cue "born".
+    assert default_redactor.redact_text("The patient was born 03/04/1961 in Leeds.").counts.get("DATE_OF_BIRTH") == 1
+    assert "DATE_OF_BIRTH" not in default_redactor.redact_text("The invoice was sent 03/04/1961.").counts
