@@ -17,7 +17,7 @@ from pipelines.config import IngestConfig
 from pipelines.resources import EnclaveResource
 from rag.catalog.store import CatalogStore
 from rag.ingest import Manifest, apply_manifest, embed_chunks, pipeline_version, redact_documents, scan_source, sync_index
-from rag.policy import Policy, load_policy
+from rag.policy import Policy, load_policy, resolve_policy_path
 
 from connectors.base import AccessRule, SourceDocument
 
@@ -100,6 +100,8 @@ def redacted_chunks(context: dg.AssetExecutionContext, config: IngestConfig,
         "quarantine_by_reason": dg.MetadataValue.json(dict(stats.quarantine_by_reason)),
         "entities_removed": dg.MetadataValue.json(dict(stats.entities_removed)),
         "policy": policy.name, "policy_hash": policy.content_hash, "seconds": round(stats.seconds, 3),
+        # the file the workers loaded, so that no_residual_pii checks with the same one
+        "policy_file": str(resolve_policy_path(config.policy or settings.policy, settings.policies_dir).resolve()),
     })
 
 

@@ -129,3 +129,21 @@ def test_the_redacted_sample_holds_no_planted_pii(enclave_home: Path, sample_cor
             for value in planted:
                 assert value.encode() not in data, f"{value!r} found in {path.name}"
 
+
+
+def test_a_policy_file_outside_the_policies_directory_is_used_by_workers_and_the_check(
+        enclave_home: Path, sample_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ENCLAVE_PII_RECHECK_FRACTION", "1.0")  # the check re-scans every chunk
+    site = tmp_path / "site-policies" / "records.yaml"
+    site.parent.mkdir()
+    root = Path(__file__).resolve().parents[1]
+    site.write_text((root / "policies" / "default.yaml").read_text().replace("name: default", "name: site-records", 1))
+    out = run_ingest(str(sample_corpus), source_name="sample", policy=str(site))
+    assert out.success, out.failure
+    settings = Settings(home=enclave_home)
+    catalog = CatalogStore(settings.database_url)
+    with catalog.session() as s:
+        assert set(s.scalars(select(Document.policy_name))) == {"site-records"}
+    counts = catalog.counts()
+    catalog.dispose()
+    assert counts.embedded_chunks == counts.chunks > 0  # the check passed, so embedding ran
