@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     # sees half the chunks, while HNSW under a permission filter loses 9-17% of recall@10 for a
     # user who sees 5% of 25k-200k chunks. At 200k exact costs 20-32 ms.
     exact_index_max: int = 100_000
+    # faiss OpenMP threads per search on the query side. It searches one question at a time, and on the
+    # 2-core machines a second thread made single queries slower, never faster (HNSW p50 8.0 ms
+    # against 0.6 ms at 100k-1M vectors; bench/RESULTS.md). Ingestion keeps faiss's default.
+    search_threads: int = Field(default=1, ge=1)
 
     # Query side.
     # A built-in (llamacpp, openai, vllm) or a generator registered under the

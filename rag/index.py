@@ -70,8 +70,12 @@ def gpu_count() -> int:
 
 class FaissIndex:
     def __init__(self, directory: Path, dim: int, model_id: str, exact_max: int = 100_000,
-                 device: str = "auto") -> None:
+                 device: str = "auto", search_threads: int | None = None) -> None:
         self.directory = Path(directory)
+        # OpenMP threads for search(), None for faiss's default. The thread count is an OpenMP
+        # setting of the calling thread, so it is applied on every search, in the thread that
+        # searches (a server's worker threads never see one set at start-up).
+        self.search_threads = search_threads
         self.dim = dim
         self.model_id = model_id
         self.exact_max = exact_max
@@ -221,6 +225,8 @@ class FaissIndex:
     def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) per query, over ``allowed_ids`` only when given (filter before ranking)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        if self.search_threads is not None:
+            faiss.omp_set_num_threads(self.search_threads)
         with self._lock:
             if self._index.ntotal == 0 or k <= 0:
                 return (np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64))

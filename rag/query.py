@@ -58,7 +58,7 @@ class QueryEngine:
         self.embedder = SentenceTransformerEmbedder(settings.embedding_model, settings.device,
                                                     settings.embedding_batch_size, settings.embedding_precision)
         self.index = FaissIndex(settings.index_dir / "vectors", self.embedder.dimension, self.embedder.model_id,
-                                settings.exact_index_max, settings.device)
+                                settings.exact_index_max, settings.device, search_threads=settings.search_threads)
         self.lexical = Bm25Index(settings.index_dir / "bm25")
         self.redactor = PresidioRedactor(self.policy, tenant_key=settings.tenant_key.get_secret_value().encode())
         reranker = CrossEncoderReranker(settings.rerank_model) if settings.rerank else None

@@ -7,6 +7,7 @@ SmolLM2 GGUF, in process and behind a real ``llama_cpp.server`` on loopback.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import uvicorn
 from llm_server import free_loopback_port, llama_server, smollm2_generator  # noqa: F401  # fixtures
@@ -213,6 +215,25 @@ def test_health_and_metrics_answer(server: str) -> None:
     assert httpx.get(server + "/healthz").json() == {"status": "ok"}
     assert "enclave_requests_total" in httpx.get(server + "/metrics").text
     assert httpx.get(server + "/docs").status_code == 200
+
+
+def test_searches_run_on_the_configured_faiss_threads_in_whichever_thread_serves_them(
+        engine: QueryEngine, ingested: Settings) -> None:
+    import faiss
+
+    seen: list[int] = []
+
+    def serve() -> None:  # a fresh thread, as a server's worker pool hands out
+        before = faiss.omp_get_max_threads()  # faiss's default here: one per core
+        engine.index.search(np.ones((1, engine.index.dim), np.float32), 5)
+        seen.extend([before, faiss.omp_get_max_threads()])
+
+    worker = threading.Thread(target=serve)
+    worker.start()
+    worker.join()
+    assert ingested.search_threads == 1
+    assert seen[1] == 1
+    assert seen[0] > 1 or os.cpu_count() == 1  # the search changed it: the default was not 1 already
 
 
 def test_audit_verify_cli_names_the_first_tampered_record(ingested: Settings, engine: QueryEngine,
