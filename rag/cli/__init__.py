@@ -1,0 +1,39 @@
+"""The ``enclave`` command: one module per command group, gathered under :func:`main`.
+
+    ingest, status, chunks    rag.cli.ingest   put documents in, see what the catalog holds
+    search, ask, serve        rag.cli.query    the query side (every search and answer audited)
+    audit verify|export       rag.cli.audit    the compliance officer's commands
+    eval retrieval|pii|access rag.cli.eval     measurements on your own golden sets
+
+Every command is a thin shell over the library; an :class:`~rag.errors.EnclaveError` ends the
+command with its message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from rag.cli.audit import audit
+from rag.cli.eval import eval_group
+from rag.cli.ingest import chunks, ingest, status
+from rag.cli.query import ask, search, serve
+from rag.errors import EnclaveError
+
+
+@click.group()
+def main() -> None:
+    """Enclave: RAG over your own documents, on your own hardware."""
+
+
+for _command in (ingest, status, chunks, search, ask, serve, audit, eval_group):
+    main.add_command(_command)
+
+
+def run() -> None:
+    try:
+        main(standalone_mode=True)
+    except EnclaveError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)

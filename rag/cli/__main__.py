@@ -1,0 +1,5 @@
+"""``python -m rag.cli``: the ``enclave`` command."""
+
+from rag.cli import run
+
+run()

@@ -1,0 +1,102 @@
+"""``enclave ingest``, ``status`` and ``chunks``: put documents in, and see what the catalog holds.
+
+``ingest`` runs the very Dagster job that ``dagster dev`` shows, in process (one code path, many
+doors); it imports the code location lazily, so the library itself never depends on Dagster.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from rag.cli.display import echo_counts
+from rag.config import load_settings
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option("--source", "source_name", default="", help="Catalog name of the source (default: directory name).")
+@click.option("--policy", default="", help="Redaction policy name (policies/NAME.yaml) or file.")
+@click.option("--groups", default="", help="Comma-separated groups for documents without an .access.json.")
+@click.option("--public", is_flag=True, help="Documents without an .access.json are public.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+def ingest(path: str, source_name: str, policy: str, groups: str, public: bool, progress: bool) -> None:
+    """Ingest the documents under PATH: parse, redact, embed, index (incremental)."""
+    if public and groups:
+        raise click.UsageError("give --groups or --public, not both")
+    from pipelines.run import run_ingest
+
+    outcome = run_ingest(path, source_name=source_name, policy=policy,
+                         groups=[g.strip() for g in groups.split(",") if g.strip()], public=public,
+                         progress=progress and sys.stderr.isatty())
+    c = outcome.counts
+    summary = {
+        "new": c.get("new", 0), "changed": c.get("changed", 0), "unchanged": c.get("unchanged", 0),
+        "deleted": c.get("deleted", 0), "quarantined": c.get("quarantined", 0),
+        "access_changed": c.get("access_changed", 0), "chunks_written": c.get("chunks_written", 0),
+        "chunks_embedded": c.get("chunks_embedded", 0),
+        "pii_removed_by_type": c.get("entities_removed", {}),
+        "quarantine_by_reason": c.get("quarantine_by_reason", {}),
+    }
+    echo_counts(f"ingestion run {outcome.dagster_run_id}: {'completed' if outcome.success else 'FAILED'}", summary)
+    if not outcome.success:
+        click.echo(f"error: {outcome.failure}", err=True)
+        sys.exit(2)
+
+
+@click.command()
+@click.option("--quarantine", is_flag=True, help="List quarantined files with their reasons.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(quarantine: bool, as_json: bool) -> None:
+    """What the catalog holds: documents, chunks, quarantine, PII removed by type."""
+    from rag.catalog.store import CatalogStore
+
+    settings = load_settings()
+    catalog = CatalogStore(settings.database_url)
+    catalog.migrate()
+    if quarantine:
+        rows = [{"uri": q.uri, "reason": q.reason, "detail": q.detail, "sha256": q.sha256, "size": q.size}
+                for q in catalog.quarantine_list()]
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+        else:
+            for r in rows:
+                click.echo(f"{r['reason']:<20} {r['uri']}  ({r['detail']})")
+            click.echo(f"{len(rows)} quarantined")
+        return
+    counts = catalog.counts()
+    latest = catalog.latest_run()
+    data = {"documents": counts.documents, "chunks": counts.chunks, "embedded_chunks": counts.embedded_chunks,
+            "quarantined": counts.quarantined, "quarantine_by_reason": counts.quarantine_by_reason,
+            "pii_removed_by_type": counts.entities_removed,
+            "last_run": latest.status if latest else "none"}
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        echo_counts(f"catalog {settings.database_url.split('@')[-1]}", data)
+
+
+@click.command()
+@click.option("--limit", default=5, show_default=True, help="How many chunks to show.")
+@click.option("--uri", default="", help="Only chunks of documents whose uri contains this.")
+def chunks(limit: int, uri: str) -> None:
+    """Show stored chunks as they were indexed: redacted text, access rule, policy."""
+    from sqlalchemy import select
+
+    from rag.catalog.models import Chunk, Document
+    from rag.catalog.store import CatalogStore
+
+    settings = load_settings()
+    catalog = CatalogStore(settings.database_url)
+    catalog.migrate()
+    with catalog.session() as s:
+        q = select(Chunk, Document.uri).join(Document).order_by(Chunk.id).limit(limit)
+        if uri:
+            q = q.where(Document.uri.contains(uri))
+        for chunk, doc_uri in s.execute(q):
+            click.echo(f"--- chunk {chunk.id} of {doc_uri} (v{chunk.document_version})"
+                       f" access={json.dumps(chunk.access)} policy={chunk.policy_name}"
+                       f" removed={json.dumps(chunk.entity_counts)}")
+            click.echo(chunk.text)

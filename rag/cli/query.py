@@ -1,0 +1,78 @@
+"""``enclave search``, ``ask`` and ``serve``: the query side, every search and answer audited."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from rag.cli.options import split_groups
+from rag.config import load_settings
+
+
+@click.command()
+@click.argument("question")
+@click.option("--user", required=True, help="Who is asking (recorded in the audit log).")
+@click.option("--groups", default="", help="Comma-separated groups of the user.")
+@click.option("--k", default=10, show_default=True)
+@click.option("--mode", type=click.Choice(["hybrid", "dense", "bm25"]), default="hybrid", show_default=True)
+@click.option("--purpose", default=None, help="Why (recorded in the audit log).")
+@click.option("--json", "as_json", is_flag=True)
+def search(question: str, user: str, groups: str, k: int, mode: str, purpose: str | None, as_json: bool) -> None:
+    """Retrieval only: the chunks USER may see that best match QUESTION (audited)."""
+    from rag.query import QueryEngine
+
+    engine = QueryEngine(load_settings())
+    out = engine.search(question, user=user, groups=split_groups(groups), k=k, mode=mode, purpose=purpose)  # type: ignore[arg-type]
+    hits = [{"chunk_id": h.chunk_id, "document_id": h.document_id, "source_uri": h.source_uri,
+             "score": round(h.score, 6), "text": h.text} for h in out.result.hits]
+    if as_json:
+        click.echo(json.dumps({"audit_id": out.audit.seq, "question_redacted": out.result.question, "hits": hits},
+                              indent=2))
+    else:
+        for i, h in enumerate(hits, 1):
+            click.echo(f"{i:>2}. [{h['score']:.4f}] {h['source_uri']} (chunk {h['chunk_id']})")
+            click.echo("    " + str(h["text"])[:200].replace("\n", " "))
+        click.echo(f"audit record {out.audit.seq}")
+    engine.close()
+
+
+@click.command()
+@click.argument("question")
+@click.option("--user", required=True)
+@click.option("--groups", default="")
+@click.option("--k", default=5, show_default=True)
+@click.option("--purpose", default=None)
+@click.option("--json", "as_json", is_flag=True)
+def ask(question: str, user: str, groups: str, k: int, purpose: str | None, as_json: bool) -> None:
+    """A cited answer from the self-hosted model, from what USER may see (audited)."""
+    from rag.query import QueryEngine
+
+    engine = QueryEngine(load_settings())
+    out = engine.ask(question, user=user, groups=split_groups(groups), k=k, purpose=purpose)
+    citations = [{"passage_id": p.passage_id, "document_id": p.document_id, "source_uri": p.source_uri,
+                  "chunk_id": p.chunk_id} for p in out.answer.citations]
+    if as_json:
+        click.echo(json.dumps({"answer": out.answer.text, "outcome": out.answer.outcome, "citations": citations,
+                               "audit_id": out.audit.seq}, indent=2))
+    else:
+        click.echo(out.answer.text)
+        for c in citations:
+            click.echo(f"  [{c['passage_id']}] {c['source_uri']} (chunk {c['chunk_id']})")
+        click.echo(f"outcome {out.answer.outcome}; audit record {out.audit.seq}")
+    engine.close()
+    if out.answer.outcome in ("error", "timeout"):
+        sys.exit(3)
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True)
+def serve(host: str, port: int) -> None:
+    """Run the HTTP query service (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from rag.service.app import create_app
+
+    uvicorn.run(create_app(load_settings()), host=host, port=port, log_level="info")
