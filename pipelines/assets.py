@@ -13,13 +13,20 @@ from typing import Any
 import dagster as dg
 from tqdm import tqdm
 
+from connectors.base import AccessRule, SourceDocument
 from pipelines.config import IngestConfig
 from pipelines.resources import EnclaveResource
 from rag.catalog.store import CatalogStore
-from rag.ingest import Manifest, apply_manifest, embed_chunks, pipeline_version, redact_documents, scan_source, sync_index
+from rag.ingest import (
+    Manifest,
+    apply_manifest,
+    embed_chunks,
+    pipeline_version,
+    redact_documents,
+    scan_source,
+    sync_index,
+)
 from rag.policy import Policy, load_policy, resolve_policy_path
-
-from connectors.base import AccessRule, SourceDocument
 
 
 def _policy(config: IngestConfig, enclave: EnclaveResource) -> Policy:

@@ -62,6 +62,7 @@ from rag.audit.records import (
     StoredAuditRecord,
     VerifyReport,
     build_content,
+    parse_iso,
     record_problem,
     to_utc,
 )
@@ -113,7 +114,7 @@ def _columns_problem(rec: StoredAuditRecord) -> str | None:
     """Whether the indexed columns still agree with the content they were copied from."""
     body = rec.body
     try:
-        ts = _parseiso(body["ts"])
+        ts = parse_iso(body["ts"])
     except (TypeError, ValueError):
         return "ts in the content is not a timestamp"
     if rec.ts is None:

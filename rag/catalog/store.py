@@ -13,35 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Engine, create_engine, delete, event, func, select, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from rag.catalog.models import Chunk, Document, IngestionRun, QuarantineRecord, Source, utcnow
+from rag.database import make_engine, upgrade_schema
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-
-
-def make_engine(url: str) -> Engine:
-    """An engine with SQLite set up for durability and concurrent readers."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database:
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 60})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
-
-        return engine
-    return create_engine(url, pool_pre_ping=True)
 
 
 @dataclass(frozen=True)
@@ -113,12 +91,8 @@ class CatalogStore:
 
     def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision."""
-        cfg = Config()
-        cfg.set_main_option("script_location", str(_MIGRATIONS))
-        cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
         with self.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+            upgrade_schema(conn, _MIGRATIONS, self.url)
 
     def dispose(self) -> None:
         self.engine.dispose()
