@@ -7,9 +7,10 @@
   (see bench/index_scale.py for where the crossover was measured).
 - Deletion: exact CPU indexes ``remove_ids``; HNSW and GPU indexes cannot, so removed ids become
   tombstones that search filters out, and the index is rebuilt once tombstones pass a quarter.
-- Saving is atomic: a new generation directory is written and fsynced, then one manifest file
-  is switched with ``os.replace``. A crash leaves the previous generation in force; since the
-  catalog is the state of record, the next reconcile converges either way.
+- Saving is atomic (:class:`~rag.generations.GenerationDirectory`): a new generation directory
+  is written and fsynced, then one manifest file is switched with ``os.replace``. A crash leaves
+  the previous generation in force; since the catalog is the state of record, the next
+  reconcile converges either way.
 - Files are always saved in CPU form; GPU resources are used for search when
   ``faiss.get_num_gpus() > 0`` and the device allows.
 """
@@ -17,9 +18,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import shutil
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,8 +28,10 @@ import faiss
 import numpy as np
 
 from rag.errors import IndexIntegrityError
+from rag.generations import MANIFEST, GenerationDirectory
 
-MANIFEST = "manifest.json"
+__all__ = ["MANIFEST", "FaissIndex", "ReconcileReport", "gpu_count"]
+
 TOMBSTONE_REBUILD_FRACTION = 0.25
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
@@ -48,21 +48,6 @@ class ReconcileReport:
     generation: int
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    with path.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 def gpu_count() -> int:
     get = getattr(faiss, "get_num_gpus", None)
     return int(get()) if get is not None else 0
@@ -72,6 +57,7 @@ class FaissIndex:
     def __init__(self, directory: Path, dim: int, model_id: str, exact_max: int = 100_000,
                  device: str = "auto", search_threads: int | None = None) -> None:
         self.directory = Path(directory)
+        self._generations = GenerationDirectory(self.directory)
         # OpenMP threads for search(), None for faiss's default. The thread count is an OpenMP
         # setting of the calling thread, so it is applied on every search, in the thread that
         # searches (a server's worker threads never see one set at start-up).
@@ -106,14 +92,13 @@ class FaissIndex:
     # --- persistence ----------------------------------------------------------------------------
 
     def load(self) -> None:
-        manifest_path = self.directory / MANIFEST
-        if not manifest_path.exists():
+        manifest = self._generations.manifest()
+        if manifest is None:
             return
-        manifest = json.loads(manifest_path.read_text())
         if manifest["model_id"] != self.model_id or manifest["dim"] != self.dim:
             # Another embedding model built this index: start empty, reconcile rebuilds it.
             return
-        gen_dir = self.directory / manifest["path"]
+        gen_dir = self._generations.path(manifest)
         index = faiss.read_index(str(gen_dir / "index.faiss"))
         tomb = np.load(gen_dir / "tombstones.npy") if (gen_dir / "tombstones.npy").exists() else np.zeros(0)
         with self._lock:
@@ -123,42 +108,25 @@ class FaissIndex:
 
     def save(self) -> None:
         with self._lock:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            generation = self.generation + 1
-            gen_name = f"gen-{generation:08d}"
-            gen_dir = self.directory / gen_name
-            if gen_dir.exists():
-                shutil.rmtree(gen_dir)
-            gen_dir.mkdir()
             data = faiss.serialize_index(self._index).tobytes()
-            _write_durably(gen_dir / "index.faiss", data)
             tomb = np.array(sorted(self._tombstones), dtype=np.int64)
-            with (gen_dir / "tombstones.npy").open("wb") as fh:
-                np.save(fh, tomb)
-                fh.flush()
-                os.fsync(fh.fileno())
-            _fsync_dir(gen_dir)
-            manifest = {
-                "generation": generation, "path": gen_name, "kind": self.kind, "dim": self.dim,
-                "model_id": self.model_id, "vectors": int(self._index.ntotal), "tombstones": len(tomb),
-                "index_sha256": hashlib.sha256(data).hexdigest(),
-            }
-            tmp = self.directory / (MANIFEST + ".tmp")
-            _write_durably(tmp, json.dumps(manifest, indent=2).encode())
-            os.replace(tmp, self.directory / MANIFEST)
-            _fsync_dir(self.directory)
-            self.generation = generation
-            for old in self.directory.glob("gen-*"):
-                if old.name != gen_name and old.name < gen_name:
-                    shutil.rmtree(old, ignore_errors=True)
+
+            def write(gen_dir: Path) -> dict[str, Any]:
+                (gen_dir / "index.faiss").write_bytes(data)
+                with (gen_dir / "tombstones.npy").open("wb") as fh:
+                    np.save(fh, tomb)
+                return {"kind": self.kind, "dim": self.dim, "model_id": self.model_id,
+                        "vectors": int(self._index.ntotal), "tombstones": len(tomb),
+                        "index_sha256": hashlib.sha256(data).hexdigest()}
+
+            self.generation = int(self._generations.publish(write)["generation"])
 
     @property
     def version(self) -> str:
         """What an audit record names: generation and content hash of the manifest in force."""
-        manifest_path = self.directory / MANIFEST
-        if not manifest_path.exists():
+        manifest = self._generations.manifest()
+        if manifest is None:
             return "empty"
-        manifest = json.loads(manifest_path.read_text())
         return f"gen-{manifest['generation']}:{manifest['index_sha256'][:16]}"
 
     # --- contents -------------------------------------------------------------------------------
@@ -208,7 +176,7 @@ class FaissIndex:
                     self._index.add_with_ids(fetch(ids), ids)
             self._gpu_index = None
             changed = rebuild or len(to_add) > 0 or len(to_remove) > 0
-            if changed or not (self.directory / MANIFEST).exists():
+            if changed or self._generations.manifest() is None:
                 self.save()
             return ReconcileReport(len(to_add), len(to_remove), rebuild, len(self), self.kind, self.generation)
 

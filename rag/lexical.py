@@ -2,17 +2,15 @@
 
 It lives next to the FAISS index and is rebuilt by the ``vector_index`` asset whenever the set of
 chunks changes (bm25s has no incremental update; a rebuild of 100k chunks takes seconds), so
-ingest and delete keep it in step. Saved like the vector index: a new generation directory,
-then one manifest switched atomically.
+ingest and delete keep it in step. Saved like the vector index, through
+:class:`~rag.generations.GenerationDirectory`: a new generation directory, then one manifest
+switched atomically.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import re
-import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -21,8 +19,7 @@ import bm25s
 import numpy as np
 import Stemmer
 
-MANIFEST = "manifest.json"
-
+from rag.generations import GenerationDirectory
 
 _STEMMER = Stemmer.Stemmer("english")
 # Redaction placeholders (<PERSON>, <PERSON:1a2b3c4d>) are not words of the document: indexed as
@@ -38,21 +35,18 @@ def _tokenize(texts: list[str], as_strings: bool = False) -> Any:
 class Bm25Index:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
+        self._generations = GenerationDirectory(self.directory)
         self._lock = threading.Lock()
         self._model: Any = None
         self._ids = np.zeros(0, dtype=np.int64)
         self._digest = ""
         self._loaded_path = ""
 
-    def _manifest(self) -> dict[str, Any] | None:
-        path = self.directory / MANIFEST
-        return json.loads(path.read_text()) if path.exists() else None
-
     def _load(self) -> None:
-        manifest = self._manifest()
+        manifest = self._generations.manifest()
         if manifest is None or manifest["path"] == self._loaded_path:
             return
-        gen = self.directory / manifest["path"]
+        gen = self._generations.path(manifest)
         ids = np.load(gen / "ids.npy")
         model = bm25s.BM25.load(str(gen / "bm25"), mmap=False) if len(ids) else None
         self._model, self._ids, self._digest, self._loaded_path = model, ids, manifest["digest"], manifest["path"]
@@ -62,35 +56,22 @@ class Bm25Index:
         ids = np.unique(np.asarray(ids, dtype=np.int64))
         digest = hashlib.sha256(ids.tobytes()).hexdigest()
         with self._lock:
-            manifest = self._manifest()
+            manifest = self._generations.manifest()
             if manifest is not None and manifest["digest"] == digest:
                 return len(ids)
             views = catalog.chunk_views(ids.tolist())
             ids = np.array([i for i in ids if int(i) in views], dtype=np.int64)
             texts = [views[int(i)].text for i in ids]
-            generation = (manifest["generation"] + 1) if manifest else 1
-            gen_name = f"gen-{generation:08d}"
-            gen_dir = self.directory / gen_name
-            shutil.rmtree(gen_dir, ignore_errors=True)
-            gen_dir.mkdir(parents=True)
-            if len(ids):
-                model = bm25s.BM25()
-                model.index(_tokenize(texts), show_progress=False)
-                model.save(str(gen_dir / "bm25"), show_progress=False)
-            np.save(gen_dir / "ids.npy", ids)
-            for p in gen_dir.rglob("*"):
-                if p.is_file():
-                    with p.open("rb") as fh:
-                        os.fsync(fh.fileno())
-            tmp = self.directory / (MANIFEST + ".tmp")
-            tmp.write_text(json.dumps({"generation": generation, "path": gen_name, "digest": digest,
-                                       "documents": len(ids)}))
-            with tmp.open("rb") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.directory / MANIFEST)
-            for old in self.directory.glob("gen-*"):
-                if old.name < gen_name:
-                    shutil.rmtree(old, ignore_errors=True)
+
+            def write(gen_dir: Path) -> dict[str, Any]:
+                if len(ids):
+                    model = bm25s.BM25()
+                    model.index(_tokenize(texts), show_progress=False)
+                    model.save(str(gen_dir / "bm25"), show_progress=False)
+                np.save(gen_dir / "ids.npy", ids)
+                return {"digest": digest, "documents": len(ids)}
+
+            self._generations.publish(write)
             return len(ids)
 
     def search(self, query: str, k: int, allowed_ids: np.ndarray | None = None) -> list[tuple[int, float]]:
