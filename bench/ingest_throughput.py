@@ -61,9 +61,10 @@ def enclave_run(directory: Path, groups: list[str], workers: int) -> dict[str, A
             raise SystemExit(f"run failed: {out.failure}")
     parse_s, _ = parse_only(directory, workers)
     c = out.counts
-    return {"total_s": total, "parse_s": parse_s, "redact_s": max(0.0, c["redact_seconds"] - parse_s),
-            "parse_redact_s": c["redact_seconds"], "embed_s": c["embed_seconds"], "index_s": c["index"]["seconds"],
-            "documents": c["documents_written"], "quarantined": c["quarantined"], "chunks": c["chunks_written"]}
+    return {"total_s": total, "parse_s": parse_s, "redact_s": max(0.0, c.redact_seconds - parse_s),
+            "parse_redact_s": c.redact_seconds, "embed_s": c.embed_seconds,
+            "index_s": c.index.seconds if c.index is not None else 0.0,
+            "documents": c.documents_written, "quarantined": c.quarantined, "chunks": c.chunks_written}
 
 
 def peer_run(python: str, directory: Path) -> dict[str, Any]:

@@ -1,24 +1,20 @@
-"""Run the ingestion job in process, the way the CLI and the tests do, on the code location's Definitions."""
+"""Run the ingestion job in process, the way the CLI and the tests do, on the code location's Definitions.
+
+Registered as the ``dagster`` runner of the ``enclave.orchestrators`` entry-point group, which is
+how ``enclave ingest`` finds this job without the library importing the code location.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
 
 from pipelines.definitions import defs
 from pipelines.resources import EnclaveResource
-from rag.errors import EnclaveError
-
-
-@dataclass(frozen=True)
-class IngestOutcome:
-    success: bool
-    dagster_run_id: str
-    counts: dict[str, Any]
-    failure: str | None
+from rag.ingest import IngestOutcome, RunCounts
 
 
 def _instance() -> dg.DagsterInstance:
@@ -26,11 +22,10 @@ def _instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
 
 
-def run_ingest(path: str, *, source_name: str = "", policy: str = "", groups: list[str] | None = None,
+def run_ingest(path: str, *, source_name: str = "", policy: str = "", groups: Sequence[str] = (),
                public: bool = False, progress: bool = False, home: str = "", database_url: str = "",
                log_level: str = "WARNING") -> IngestOutcome:
-    cfg = {"path": path, "source_name": source_name, "policy": policy, "groups": list(groups or []),
-           "public": public}
+    cfg = {"path": path, "source_name": source_name, "policy": policy, "groups": list(groups), "public": public}
     enclave = EnclaveResource(home=home, database_url=database_url, show_progress=progress)
     job = defs.resolve_job_def("ingest_documents_job")
     with _instance() as instance:
@@ -38,13 +33,12 @@ def run_ingest(path: str, *, source_name: str = "", policy: str = "", groups: li
             run_config={"ops": {"source_manifest": {"config": cfg}, "redacted_chunks": {"config": cfg}},
                         "loggers": {"console": {"config": {"log_level": log_level}}}},
             instance=instance, resources={"enclave": enclave}, raise_on_error=False)
-        failure = None
-        if not result.success:
-            failure = _first_failure(result)
-        run = enclave.catalog().run_for_dagster(result.run_id)
-        counts = dict(run.counts) if run is not None else {}
-        enclave.catalog().dispose()
-    return IngestOutcome(result.success, result.run_id, counts, failure)
+        failure = None if result.success else _first_failure(result)
+        catalog = enclave.components.catalog
+        run = catalog.run_for_dagster(result.run_id)
+        counts = RunCounts.from_json(run.counts) if run is not None else RunCounts()
+        enclave.components.close()
+    return IngestOutcome(result.success, run.id if run is not None else None, counts, failure, result.run_id)
 
 
 def _first_failure(result: Any) -> str:
@@ -64,4 +58,4 @@ def _first_failure(result: Any) -> str:
     return "the ingestion run failed; see the Dagster run log"
 
 
-__all__ = ["EnclaveError", "IngestOutcome", "run_ingest"]
+__all__ = ["IngestOutcome", "run_ingest"]

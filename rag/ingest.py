@@ -1,13 +1,22 @@
-"""Ingestion steps: the library behind the Dagster assets (and so behind the CLI and the tests).
+"""Ingestion: how documents get into Enclave, as plain steps in a fixed order.
 
-    scan_source     what the source holds now vs. the catalog: new, changed, unchanged, deleted
-    redact_documents  parse → chunk → redact, in isolated workers, one step per document; only
-                      redacted chunks come back to this process and reach the catalog
-    embed_chunks    embed chunks that have no vector for the current model
-    sync_index      make the FAISS index (and the BM25 index) hold exactly the catalog's chunks
+    plan_run            scan the source against the catalog (new, changed, unchanged, deleted);
+                        apply what needs no parsing (deletions, changed access rules); record the
+                        run and its manifest (uris, hashes, access rules; never text)
+    redact_run          parse → chunk → redact each new or changed document in isolated workers;
+                        only redacted chunks come back to this process and reach the catalog
+    check_residual_pii  the policy's detector over stored chunks no worker verified (and a
+                        sample of those it did); any finding blocks embedding
+    embed_run           embed chunks that have no vector for the current model
+    publish_run         make the FAISS and BM25 indexes hold exactly the catalog's embedded
+                        chunks, saved atomically
+    check_index         the index holds exactly the catalog's live, embedded chunks
 
+:func:`run_ingestion` runs them in this order in this process; the Dagster assets and checks in
+``pipelines/`` call one each (``dagster dev`` and the ``enclave ingest`` command run that job).
 Each step is idempotent: its input is the catalog's state, and each document is written in one
-transaction, so a retried or resumed run converges to the state of an uninterrupted one.
+transaction, so a retried or resumed run converges to the state of an uninterrupted one. What a
+run did travels as typed counts (:class:`RunCounts`), stored with the run in the catalog.
 """
 
 from __future__ import annotations
@@ -16,29 +25,130 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from functools import partial
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property, partial
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from connectors.base import Connector, SourceDocument
+from connectors.base import AccessRule, Connector, SourceDocument
 from rag.catalog.store import CatalogStore, NewChunk
-from rag.errors import AccessRuleMissingError, QuarantineReason
+from rag.errors import AccessRuleMissingError, ConfigurationError, EnclaveError, PolicyInvalidError, QuarantineReason
 from rag.parsing import ParsedChunk, ParseLimits
 from rag.policy import Policy, load_policy, resolve_policy_path
 from rag.workers import FileJob, ParsePool
+
+if TYPE_CHECKING:
+    from rag.config import Settings
+    from rag.embedding import SentenceTransformerEmbedder
+    from rag.index import FaissIndex
+    from rag.lexical import Bm25Index
+    from rag.redaction import Finding
 
 log = logging.getLogger(__name__)
 
 # Bump when parsing, chunking or redaction changes in a way that should re-process documents.
 PIPELINE_VERSION = "2026.11.4"
 MAX_PASSES = 3
+# Chunks the residual-PII check reads from the catalog at a time.
+RESCAN_BATCH = 512
 
 
 def pipeline_version(limits: ParseLimits) -> str:
     digest = hashlib.sha256(f"{PIPELINE_VERSION}|{limits.chunk_max_tokens}".encode()).hexdigest()[:8]
     return f"{PIPELINE_VERSION}+{digest}"
+
+
+class IngestionRunMissingError(EnclaveError):
+    """A step that continues a run found no run recorded for it (plan_run was not run first)."""
+
+
+# --- what a run did -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IndexReport:
+    """What publishing the indexes changed."""
+
+    added: int = 0
+    removed: int = 0
+    rebuilt: bool = False
+    vectors: int = 0
+    kind: str = ""
+    generation: int = 0
+    lexical_documents: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunCounts:
+    """Everything a run counted, step by step. Stored as JSON with the run; never document text."""
+
+    # plan_run
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    still_quarantined: int = 0
+    access_changed: int = 0
+    # redact_run
+    documents_written: int = 0
+    quarantined: int = 0
+    chunks_written: int = 0
+    quarantine_by_reason: Mapping[str, int] = field(default_factory=dict)
+    entities_removed: Mapping[str, int] = field(default_factory=dict)
+    bytes_in: int = 0
+    redact_seconds: float = 0.0
+    # embed_run
+    chunks_embedded: int = 0
+    embed_seconds: float = 0.0
+    # publish_run
+    index: IndexReport | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["quarantine_by_reason"] = dict(self.quarantine_by_reason)
+        data["entities_removed"] = dict(self.entities_removed)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunCounts:
+        """Counts as stored; a field a step did not reach (or an older run did not record) is zero."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if isinstance(values.get("index"), Mapping):
+            index_known = {f.name for f in fields(IndexReport)}
+            values["index"] = IndexReport(**{k: v for k, v in values["index"].items() if k in index_known})
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class PolicyRef:
+    """The policy a run redacts under: its name, content hash, and the file workers load it from."""
+
+    name: str
+    content_hash: str
+    file: str
+
+    @classmethod
+    def resolve(cls, policy_ref: str, policies_dir: Path) -> PolicyRef:
+        """A policy name in ``policies_dir`` or a policy file anywhere, loaded and pinned to its hash."""
+        policy = load_policy(policy_ref, policies_dir)
+        path = resolve_policy_path(policy_ref, policies_dir).resolve()
+        return cls(policy.name, policy.content_hash, str(path))
+
+    def load(self, policies_dir: Path) -> Policy:
+        """The policy again, refused if its file changed since the run recorded it."""
+        policy = load_policy(self.file, policies_dir)
+        if policy.content_hash != self.content_hash:
+            raise PolicyInvalidError(f"policy file {self.file} changed during the run (hash "
+                                     f"{policy.content_hash[:12]}, the run started with {self.content_hash[:12]}); "
+                                     "run ingestion again")
+        return policy
+
+
+# --- plan: scan and apply -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -54,18 +164,36 @@ class Manifest:
     still_quarantined: int
     access_changed: tuple[tuple[int, dict[str, Any]], ...] = ()
 
-    def counts(self) -> dict[str, int]:
-        return {"new": self.new, "changed": self.changed, "unchanged": self.unchanged,
-                "deleted": len(self.deleted), "still_quarantined": self.still_quarantined,
-                "access_changed": len(self.access_changed)}
+    def counts(self) -> RunCounts:
+        return RunCounts(new=self.new, changed=self.changed, unchanged=self.unchanged, deleted=len(self.deleted),
+                         still_quarantined=self.still_quarantined, access_changed=len(self.access_changed))
+
+    def to_json(self) -> dict[str, Any]:
+        """What the later steps of the run need, as stored with the run (access changes are applied already)."""
+        return {"source_id": self.source_id, "deleted": list(self.deleted),
+                "counts": {"new": self.new, "changed": self.changed, "unchanged": self.unchanged,
+                           "still_quarantined": self.still_quarantined},
+                "to_process": [{"uri": d.uri, "sha256": d.sha256, "size": d.size, "name": d.name,
+                                "access": d.access.to_json() if d.access else None} for d in self.to_process]}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Manifest:
+        docs = tuple(SourceDocument(uri=d["uri"], sha256=d["sha256"], size=d["size"], name=d["name"],
+                                    access=AccessRule.from_json(d["access"]) if d["access"] else None)
+                     for d in data["to_process"])
+        c = data["counts"]
+        return cls(data["source_id"], docs, c["new"], c["changed"], c["unchanged"], tuple(data["deleted"]),
+                   c["still_quarantined"])
 
 
-def apply_manifest(manifest: Manifest, catalog: CatalogStore) -> None:
-    """Apply what needs no parsing: forget deleted documents, re-tag documents whose rule changed."""
-    if manifest.deleted:
-        catalog.delete_documents(manifest.source_id, manifest.deleted)
-    for doc_id, access in manifest.access_changed:
-        catalog.update_access(doc_id, access)
+@dataclass(frozen=True)
+class PlannedRun:
+    """A run as recorded by :func:`plan_run`: its catalog id, manifest and policy."""
+
+    run_id: int
+    manifest: Manifest
+    policy: PolicyRef
+    version: str
 
 
 def scan_source(connector: Connector, catalog: CatalogStore, source_id: int, policy: Policy,
@@ -107,7 +235,48 @@ def scan_source(connector: Connector, catalog: CatalogStore, source_id: int, pol
     return Manifest(source_id, tuple(to_process), new, changed, unchanged, deleted, still_q, tuple(access_changed))
 
 
-# --- parse + chunk + redact, inside the worker --------------------------------------------------
+def apply_manifest(manifest: Manifest, catalog: CatalogStore) -> None:
+    """Apply what needs no parsing: forget deleted documents, re-tag documents whose rule changed."""
+    if manifest.deleted:
+        catalog.delete_documents(manifest.source_id, manifest.deleted)
+    for doc_id, access in manifest.access_changed:
+        catalog.update_access(doc_id, access)
+
+
+def plan_run(connector: Connector, kind: str, location: str, catalog: CatalogStore, policy: PolicyRef,
+             version: str, policies_dir: Path, *, dagster_run_id: str | None = None) -> PlannedRun:
+    """First step of a run: scan the source, apply what needs no parsing, record the run and its manifest."""
+    source_id = catalog.ensure_source(connector.name, kind, location)
+    manifest = scan_source(connector, catalog, source_id, policy.load(policies_dir), version)
+    apply_manifest(manifest, catalog)
+    run_id = catalog.start_run(source_id, policy.name, policy.content_hash, dagster_run_id,
+                               manifest={**manifest.to_json(), "policy": asdict(policy), "pipeline_version": version},
+                               counts=manifest.counts().to_json())
+    return PlannedRun(run_id, manifest, policy, version)
+
+
+def planned_run(catalog: CatalogStore, dagster_run_id: str) -> PlannedRun:
+    """The run :func:`plan_run` recorded for a Dagster run, for the steps that continue it."""
+    run = catalog.run_for_dagster(dagster_run_id)
+    if run is None or "policy" not in run.manifest:
+        raise IngestionRunMissingError(f"no ingestion run recorded for Dagster run {dagster_run_id}; "
+                                       "materialize source_manifest first")
+    data = run.manifest
+    return PlannedRun(run.id, Manifest.from_json(data), PolicyRef(**data["policy"]), data["pipeline_version"])
+
+
+def run_policy(catalog: CatalogStore, dagster_run_id: str | None = None) -> PolicyRef | None:
+    """The policy of the run of ``dagster_run_id``, else of the newest run that recorded one."""
+    run = (catalog.run_for_dagster(dagster_run_id) if dagster_run_id else None) or catalog.latest_run()
+    return PolicyRef(**run.manifest["policy"]) if run is not None and "policy" in (run.manifest or {}) else None
+
+
+def run_counts(catalog: CatalogStore, run_id: int) -> RunCounts:
+    run = catalog.run(run_id)
+    return RunCounts.from_json(run.counts) if run is not None else RunCounts()
+
+
+# --- redact: parse + chunk + redact, inside the workers -----------------------------------------
 
 
 class RedactionNotConvergedError(Exception):
@@ -180,6 +349,26 @@ def redaction_transform_factory(policy_ref: str, policies_dir: str, tenant_key: 
     return partial(RedactionTransform, policy_ref, policies_dir, tenant_key, recheck_fraction)
 
 
+@dataclass(frozen=True)
+class RedactionOptions:
+    """How the redaction step runs: parse limits, worker pool, where policies live, the tenant key."""
+
+    limits: ParseLimits
+    workers: int
+    timeout_s: float
+    memory_mb: int
+    policies_dir: Path
+    tenant_key: bytes = field(repr=False)
+    recheck_fraction: float = 1.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedactionOptions:
+        return cls(limits=ParseLimits.from_settings(settings), workers=settings.parse_workers,
+                   timeout_s=settings.parse_timeout_s, memory_mb=settings.parse_memory_mb,
+                   policies_dir=settings.policies_dir, tenant_key=settings.tenant_key.get_secret_value().encode(),
+                   recheck_fraction=settings.pii_recheck_fraction)
+
+
 @dataclass
 class RedactStats:
     processed: int = 0
@@ -190,6 +379,13 @@ class RedactStats:
     entities_removed: Counter[str] = field(default_factory=Counter)
     bytes_in: int = 0
     seconds: float = 0.0
+
+    def run_fields(self) -> dict[str, Any]:
+        """This step's part of :class:`RunCounts`, as stored."""
+        return {"documents_written": self.stored, "quarantined": self.quarantined,
+                "chunks_written": self.chunks_written, "quarantine_by_reason": dict(self.quarantine_by_reason),
+                "entities_removed": dict(self.entities_removed), "bytes_in": self.bytes_in,
+                "redact_seconds": round(self.seconds, 3)}
 
 
 def _jobs(connector: Connector, docs: tuple[SourceDocument, ...], catalog: CatalogStore, source_id: int,
@@ -258,13 +454,107 @@ def redact_documents(manifest: Manifest, connector: Connector, catalog: CatalogS
     return stats
 
 
-# --- embedding and index --------------------------------------------------------------------------
+def redact_run(planned: PlannedRun, connector: Connector, catalog: CatalogStore, options: RedactionOptions,
+               on_progress: Callable[[int], None] | None = None) -> RedactStats:
+    """Second step: redact the run's new and changed documents under its policy; counts go with the run."""
+    policy = planned.policy.load(options.policies_dir)
+    stats = redact_documents(
+        planned.manifest, connector, catalog, policy, options.limits, planned.version, workers=options.workers,
+        timeout_s=options.timeout_s, memory_mb=options.memory_mb, policies_dir=options.policies_dir,
+        tenant_key=options.tenant_key, run_id=planned.run_id, on_progress=on_progress,
+        recheck_fraction=options.recheck_fraction, policy_ref=planned.policy.file)
+    catalog.update_run(planned.run_id, stats.run_fields())
+    return stats
+
+
+# --- check: no residual PII in what was stored ----------------------------------------------------
+
+
+Detector = Callable[[Sequence[str]], list[list["Finding"]]]
+
+
+def residual_pii_detector(policy: Policy, tenant_key: bytes) -> Detector:
+    """The detector the residual-PII check runs over stored chunk text (batched, as the workers ran it)."""
+    from rag.redaction import PresidioRedactor
+
+    return PresidioRedactor(policy, tenant_key=tenant_key).detect_many
+
+
+@dataclass(frozen=True)
+class PiiCheckReport:
+    passed: bool
+    chunks_checked: int
+    chunks_flagged: int = 0
+    residual_by_type: Mapping[str, int] = field(default_factory=dict)
+    policy_unavailable: str | None = None
+    error: str | None = None
+
+
+def _check_policy(name: str, run_policy: PolicyRef | None, policies_dir: Path) -> Policy:
+    """The policy chunks were redacted under: the run's own file (which may live outside
+    policies_dir) when the name matches and the file is unchanged, else policies_dir/NAME.yaml."""
+    if run_policy is not None and run_policy.name == name:
+        policy = load_policy(run_policy.file, policies_dir)
+        if policy.content_hash == run_policy.content_hash:
+            return policy
+    return load_policy(name, policies_dir)
+
+
+def check_residual_pii(catalog: CatalogStore, policies_dir: Path, tenant_key: bytes,
+                       run_policy: PolicyRef | None = None, batch: int = RESCAN_BATCH) -> PiiCheckReport:
+    """Scan chunks not yet checked with their policy's detector again; any finding fails (blocks embedding).
+
+    Unchecked are the chunks no redacting worker verified (its last pass over exactly the stored
+    text found nothing) plus a content-hash sample of verified ones (ENCLAVE_PII_RECHECK_FRACTION,
+    default 0.1; 1.0 re-scans all), so the check still catches a worker and the main process
+    disagreeing about the policy.
+
+    A finding here means redaction missed something the detector sees in the redacted text (for
+    instance a name that only looks like one once its neighbour was replaced). Failing keeps
+    those chunks out of the index until a policy fix and re-run.
+    """
+    residual: Counter[str] = Counter()
+    flagged_chunks = 0
+    checked = 0
+    detectors: dict[str, Detector] = {}
+    while rows := catalog.chunks_unchecked_with_policy(batch):
+        clean: list[int] = []
+        by_policy: dict[str, list[tuple[int, str]]] = {}
+        for chunk_id, text, policy_name in rows:
+            by_policy.setdefault(policy_name, []).append((chunk_id, text))
+        for policy_name, items in by_policy.items():
+            if policy_name not in detectors:
+                try:
+                    policy = _check_policy(policy_name, run_policy, policies_dir)
+                except PolicyInvalidError as exc:
+                    # Unverifiable chunks must not reach the index: fail with the reason, not a crash.
+                    return PiiCheckReport(passed=False, chunks_checked=checked, policy_unavailable=policy_name,
+                                          error=str(exc))
+                detectors[policy_name] = residual_pii_detector(policy, tenant_key)
+            for (chunk_id, _), findings in zip(items, detectors[policy_name]([t for _, t in items]), strict=True):
+                if findings:
+                    flagged_chunks += 1
+                    residual.update(f.entity_type for f in findings)
+                else:
+                    clean.append(chunk_id)
+        checked += len(rows)
+        catalog.mark_checked(clean)
+        if len(clean) < len(rows):
+            break  # flagged chunks stay unchecked; re-running the check would loop on them
+    return PiiCheckReport(passed=flagged_chunks == 0, chunks_checked=checked, chunks_flagged=flagged_chunks,
+                          residual_by_type=dict(residual))
+
+
+# --- embed and publish ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class EmbedStats:
     embedded: int
     seconds: float
+
+    def run_fields(self) -> dict[str, Any]:
+        return {"chunks_embedded": self.embedded, "embed_seconds": round(self.seconds, 3)}
 
 
 def embed_chunks(catalog: CatalogStore, embedder: Any, batch: int = 512,
@@ -285,14 +575,159 @@ def embed_chunks(catalog: CatalogStore, embedder: Any, batch: int = 512,
     return EmbedStats(done, time.perf_counter() - started)
 
 
-def sync_index(catalog: CatalogStore, index: Any, lexical: Any | None = None) -> dict[str, Any]:
+def embed_run(catalog: CatalogStore, embedder: Any, run_id: int | None,
+              on_progress: Callable[[int], None] | None = None) -> EmbedStats:
+    """Fourth step: embed every chunk without a vector from the current model."""
+    stats = embed_chunks(catalog, embedder, on_progress=on_progress)
+    if run_id is not None:
+        catalog.update_run(run_id, stats.run_fields())
+    return stats
+
+
+def sync_index(catalog: CatalogStore, index: Any, lexical: Any | None = None) -> IndexReport:
     """Make the vector index (and the BM25 index, when given) hold exactly the catalog's embedded chunks."""
     started = time.perf_counter()
     desired = catalog.embedded_chunk_ids(index.model_id)
     report = index.reconcile(desired, lambda ids: catalog.embeddings_for(ids, index.dim))
-    out: dict[str, Any] = {"added": report.added, "removed": report.removed, "rebuilt": report.rebuilt,
-                           "vectors": report.total, "kind": report.kind, "generation": report.generation}
-    if lexical is not None:
-        out["lexical_documents"] = lexical.sync(catalog, desired)
-    out["seconds"] = time.perf_counter() - started
-    return out
+    lexical_documents = lexical.sync(catalog, desired) if lexical is not None else 0
+    return IndexReport(added=report.added, removed=report.removed, rebuilt=report.rebuilt, vectors=report.total,
+                       kind=report.kind, generation=report.generation, lexical_documents=lexical_documents,
+                       seconds=time.perf_counter() - started)
+
+
+def publish_run(catalog: CatalogStore, index: Any, lexical: Any | None, run_id: int | None) -> IndexReport:
+    """Fifth step: the FAISS and BM25 indexes hold exactly the catalog's embedded chunks; the run is complete."""
+    report = sync_index(catalog, index, lexical)
+    if run_id is not None:
+        catalog.update_run(run_id, {"index": asdict(report)}, status="completed")
+    return report
+
+
+@dataclass(frozen=True)
+class IndexCheckReport:
+    index_vectors: int
+    catalog_chunks: int
+    missing_from_index: int
+    stale_in_index: int
+    chunks_without_embedding: int
+    index_version: str
+
+    @property
+    def passed(self) -> bool:
+        return not (self.missing_from_index or self.stale_in_index or self.chunks_without_embedding)
+
+
+def check_index(catalog: CatalogStore, index: Any) -> IndexCheckReport:
+    """The vectors in the index are exactly the live, embedded chunks of the catalog."""
+    in_catalog = set(catalog.embedded_chunk_ids(index.model_id).tolist())
+    in_index = set(index.ids().tolist())
+    live = set(catalog.live_chunk_ids().tolist())
+    return IndexCheckReport(index_vectors=len(in_index), catalog_chunks=len(live),
+                            missing_from_index=len(in_catalog - in_index), stale_in_index=len(in_index - in_catalog),
+                            chunks_without_embedding=len(live - in_catalog), index_version=index.version)
+
+
+# --- a whole run, in this process -----------------------------------------------------------------
+
+
+class IngestionComponents:
+    """What ingestion writes to, built once from :class:`~rag.config.Settings`: the catalog (migrated),
+    the embedder, the FAISS and BM25 indexes, and the redaction options."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    @cached_property
+    def catalog(self) -> CatalogStore:
+        store = CatalogStore(self.settings.database_url)
+        store.migrate()
+        return store
+
+    @cached_property
+    def embedder(self) -> SentenceTransformerEmbedder:
+        from rag.embedding import SentenceTransformerEmbedder
+
+        s = self.settings
+        return SentenceTransformerEmbedder(s.embedding_model, s.device, s.embedding_batch_size, s.embedding_precision)
+
+    def index(self) -> FaissIndex:
+        """The vector index as saved now (each call reads the generation in force)."""
+        from rag.index import FaissIndex
+
+        s = self.settings
+        return FaissIndex(s.index_dir / "vectors", self.embedder.dimension, self.embedder.model_id,
+                          s.exact_index_max, s.device)
+
+    def lexical(self) -> Bm25Index:
+        from rag.lexical import Bm25Index
+
+        return Bm25Index(self.settings.index_dir / "bm25")
+
+    @cached_property
+    def redaction(self) -> RedactionOptions:
+        return RedactionOptions.from_settings(self.settings)
+
+    @property
+    def version(self) -> str:
+        return pipeline_version(self.redaction.limits)
+
+    def policy(self, policy_ref: str = "") -> PolicyRef:
+        """``policy_ref`` (a name or a file), or ENCLAVE_POLICY when empty, pinned to its content hash."""
+        return PolicyRef.resolve(policy_ref or self.settings.policy, self.settings.policies_dir)
+
+    def close(self) -> None:
+        if "catalog" in self.__dict__:
+            self.catalog.dispose()
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    """How a run ended, with its counts. ``failure`` says why when it did not succeed."""
+
+    success: bool
+    run_id: int | None
+    counts: RunCounts
+    failure: str | None = None
+    dagster_run_id: str | None = None
+
+
+class IngestRunner(Protocol):
+    """Runs one ingestion of a directory (the Dagster job registers one under ``enclave.orchestrators``)."""
+
+    def __call__(self, path: str, *, source_name: str = "", policy: str = "", groups: Sequence[str] = (),
+                 public: bool = False, progress: bool = False) -> IngestOutcome: ...
+
+
+ORCHESTRATOR_GROUP = "enclave.orchestrators"
+
+
+def ingest_runner(name: str = "dagster") -> IngestRunner:
+    """The runner registered as ``name`` under ``enclave.orchestrators`` (this package registers the Dagster job)."""
+    for entry_point in entry_points(group=ORCHESTRATOR_GROUP, name=name):
+        runner: IngestRunner = entry_point.load()
+        return runner
+    raise ConfigurationError(f"no ingestion runner {name!r} is registered under {ORCHESTRATOR_GROUP!r}; "
+                             "reinstall enclave-rag (pip install -e .) so its entry points are recorded")
+
+
+def run_ingestion(components: IngestionComponents, connector: Connector, kind: str, location: str,
+                  policy_ref: str = "") -> IngestOutcome:
+    """Every step in order, in this process: plan, redact, check (blocking), embed, publish, check the index."""
+    catalog = components.catalog
+    options = components.redaction
+    try:
+        planned = plan_run(connector, kind, location, catalog, components.policy(policy_ref), components.version,
+                           options.policies_dir)
+    except EnclaveError as exc:
+        return IngestOutcome(False, None, RunCounts(), str(exc))
+    redact_run(planned, connector, catalog, options)
+    pii = check_residual_pii(catalog, options.policies_dir, options.tenant_key, planned.policy)
+    if not pii.passed:
+        return IngestOutcome(False, planned.run_id, run_counts(catalog, planned.run_id),
+                             f"check no_residual_pii failed: {asdict(pii)}")
+    embed_run(catalog, components.embedder, planned.run_id)
+    index = components.index()
+    publish_run(catalog, index, components.lexical(), planned.run_id)
+    consistency = check_index(catalog, index)
+    failure = None if consistency.passed else f"check index_matches_catalog failed: {asdict(consistency)}"
+    return IngestOutcome(consistency.passed, planned.run_id, run_counts(catalog, planned.run_id), failure)

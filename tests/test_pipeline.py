@@ -34,8 +34,8 @@ def test_first_ingest_indexes_every_chunk_and_quarantines_the_empty_file(enclave
                                                                          sample_corpus: Path) -> None:
     out = run_ingest(str(sample_corpus), source_name="sample")
     assert out.success, out.failure
-    assert out.counts["new"] == 7
-    assert out.counts["quarantine_by_reason"] == {"empty": 1}
+    assert out.counts.new == 7
+    assert out.counts.quarantine_by_reason == {"empty": 1}
     state = _state(enclave_home)
     assert len(state["documents"]) == 6  # type: ignore[arg-type]
     assert state["index_ids"] == [c[0] for c in state["chunks"]]  # type: ignore[union-attr]
@@ -46,8 +46,8 @@ def test_reingest_of_an_unchanged_tree_writes_nothing(enclave_home: Path, sample
     before = _state(enclave_home)
     out = run_ingest(str(sample_corpus), source_name="sample")
     assert out.success
-    assert (out.counts["new"], out.counts["changed"], out.counts["chunks_written"]) == (0, 0, 0)
-    assert out.counts["unchanged"] == 6 and out.counts["still_quarantined"] == 1
+    assert (out.counts.new, out.counts.changed, out.counts.chunks_written) == (0, 0, 0)
+    assert out.counts.unchanged == 6 and out.counts.still_quarantined == 1
     assert _state(enclave_home) == before  # same rows, same ids, same index generation
 
 
@@ -55,11 +55,12 @@ def test_changed_and_deleted_files_are_reflected_in_catalog_and_index(enclave_ho
                                                                       sample_corpus: Path) -> None:
     assert run_ingest(str(sample_corpus), source_name="sample").success
     before = _state(enclave_home)
-    (sample_corpus / "staff-handbook.txt").write_text("Staff handbook, second edition.\n\nBadges are worn at all times.")
+    (sample_corpus / "staff-handbook.txt").write_text(
+        "Staff handbook, second edition.\n\nBadges are worn at all times.")
     (sample_corpus / "hr" / "leave-policy.csv").unlink()
     out = run_ingest(str(sample_corpus), source_name="sample")
     assert out.success
-    assert (out.counts["changed"], out.counts["deleted"]) == (1, 1)
+    assert (out.counts.changed, out.counts.deleted) == (1, 1)
     after = _state(enclave_home)
     uris = {d[0]: d for d in after["documents"]}  # type: ignore[union-attr]
     assert "hr/leave-policy.csv" not in uris
@@ -76,7 +77,7 @@ def test_a_changed_access_rule_retags_chunks_without_reprocessing(enclave_home: 
     assert run_ingest(str(sample_corpus), source_name="sample").success
     (sample_corpus / "finance" / ".access.json").write_text(json.dumps({"groups": ["audit"]}))
     out = run_ingest(str(sample_corpus), source_name="sample")
-    assert out.success and out.counts["access_changed"] == 1 and out.counts["chunks_written"] == 0
+    assert out.success and out.counts.access_changed == 1 and out.counts.chunks_written == 0
     catalog = CatalogStore(Settings(home=enclave_home).database_url)
     with catalog.session() as s:
         accesses = {json.dumps(c.access) for c in s.scalars(select(Chunk).join(Document)
@@ -111,7 +112,7 @@ def test_ingest_works_the_same_on_postgresql(tmp_path: Path, sample_corpus: Path
     first = run_ingest(str(sample_corpus), source_name="sample")
     assert first.success, first.failure
     second = run_ingest(str(sample_corpus), source_name="sample")
-    assert second.success and second.counts["chunks_written"] == 0 and second.counts["unchanged"] == 6
+    assert second.success and second.counts.chunks_written == 0 and second.counts.unchanged == 6
     catalog = CatalogStore(postgres_url)
     counts = catalog.counts()
     catalog.dispose()

@@ -112,10 +112,12 @@ class CatalogStore:
         with self.session() as s:
             return s.scalar(select(Source.id).where(Source.name == name))
 
-    def start_run(self, source_id: int, policy_name: str, policy_hash: str, dagster_run_id: str | None) -> int:
+    def start_run(self, source_id: int, policy_name: str, policy_hash: str, dagster_run_id: str | None, *,
+                  manifest: dict[str, Any] | None = None, counts: dict[str, Any] | None = None) -> int:
+        """Record a run and what it set out to do (``manifest``: uris, hashes, access rules; never text)."""
         with self.session() as s, s.begin():
             run = IngestionRun(source_id=source_id, policy_name=policy_name, policy_hash=policy_hash,
-                               dagster_run_id=dagster_run_id, counts={})
+                               dagster_run_id=dagster_run_id, counts=counts or {}, manifest=manifest or {})
             s.add(run)
             s.flush()
             return run.id
@@ -132,6 +134,10 @@ class CatalogStore:
                 run.finished_at = utcnow()
             if seconds is not None:
                 run.seconds = seconds
+
+    def run(self, run_id: int) -> IngestionRun | None:
+        with self.session() as s:
+            return s.get(IngestionRun, run_id)
 
     def run_for_dagster(self, dagster_run_id: str) -> IngestionRun | None:
         with self.session() as s:

@@ -1,7 +1,8 @@
 """``enclave ingest``, ``status`` and ``chunks``: put documents in, and see what the catalog holds.
 
 ``ingest`` runs the very Dagster job that ``dagster dev`` shows, in process (one code path, many
-doors); it imports the code location lazily, so the library itself never depends on Dagster.
+doors). It finds the job through the ``enclave.orchestrators`` entry point
+(:func:`rag.ingest.ingest_runner`), so the library never imports the code location.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 import click
 
 from rag.cli.display import echo_counts
+from rag.cli.options import split_groups
 from rag.config import load_settings
 
 
@@ -26,19 +28,16 @@ def ingest(path: str, source_name: str, policy: str, groups: str, public: bool, 
     """Ingest the documents under PATH: parse, redact, embed, index (incremental)."""
     if public and groups:
         raise click.UsageError("give --groups or --public, not both")
-    from pipelines.run import run_ingest
+    from rag.ingest import ingest_runner
 
-    outcome = run_ingest(path, source_name=source_name, policy=policy,
-                         groups=[g.strip() for g in groups.split(",") if g.strip()], public=public,
-                         progress=progress and sys.stderr.isatty())
+    outcome = ingest_runner()(path, source_name=source_name, policy=policy, groups=split_groups(groups),
+                              public=public, progress=progress and sys.stderr.isatty())
     c = outcome.counts
     summary = {
-        "new": c.get("new", 0), "changed": c.get("changed", 0), "unchanged": c.get("unchanged", 0),
-        "deleted": c.get("deleted", 0), "quarantined": c.get("quarantined", 0),
-        "access_changed": c.get("access_changed", 0), "chunks_written": c.get("chunks_written", 0),
-        "chunks_embedded": c.get("chunks_embedded", 0),
-        "pii_removed_by_type": c.get("entities_removed", {}),
-        "quarantine_by_reason": c.get("quarantine_by_reason", {}),
+        "new": c.new, "changed": c.changed, "unchanged": c.unchanged, "deleted": c.deleted,
+        "quarantined": c.quarantined, "access_changed": c.access_changed, "chunks_written": c.chunks_written,
+        "chunks_embedded": c.chunks_embedded, "pii_removed_by_type": dict(c.entities_removed),
+        "quarantine_by_reason": dict(c.quarantine_by_reason),
     }
     echo_counts(f"ingestion run {outcome.dagster_run_id}: {'completed' if outcome.success else 'FAILED'}", summary)
     if not outcome.success:
