@@ -28,12 +28,12 @@ import statistics
 import sys
 import tarfile
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from timing import latencies_s, median_rate, percentiles_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -85,10 +85,6 @@ def generated_texts(n: int, words: int, seed: int = 0) -> list[str]:
 # --- measurements -------------------------------------------------------------------------------
 
 
-def percentiles(lat: list[float]) -> tuple[float, float]:
-    return float(np.percentile(lat, 50)) * 1e3, float(np.percentile(lat, 99)) * 1e3
-
-
 def embedding_rows(device: str, texts: list[str], questions: list[str], a: argparse.Namespace) -> list[Row]:
     from rag.embedding import SentenceTransformerEmbedder
 
@@ -96,18 +92,10 @@ def embedding_rows(device: str, texts: list[str], questions: list[str], a: argpa
     embedder.warm_up()
     device = f"{device}/{embedder.precision}"
     embedder.embed(texts[: a.batch_size])  # first call pays kernel selection and allocation
-    rates = []
-    for _ in range(a.runs):
-        started = time.perf_counter()
-        embedder.embed(texts)
-        rates.append(len(texts) / (time.perf_counter() - started))
-    lat = []
-    for q in questions:
-        started = time.perf_counter()
-        embedder.embed([q])
-        lat.append(time.perf_counter() - started)
-    p50, p99 = percentiles(lat)
-    return [Row(f"embed {len(texts)} texts, batch {a.batch_size}", device, statistics.median(rates), "texts/s",
+    rate = median_rate(len(texts), lambda: embedder.embed(texts), a.runs)
+    lat = latencies_s(lambda i: embedder.embed([questions[i]]), len(questions))
+    p50, p99 = percentiles_ms(lat)
+    return [Row(f"embed {len(texts)} texts, batch {a.batch_size}", device, rate, "texts/s",
                 None, None, ""),
             Row(f"embed 1 question ({len(questions)})", device, len(lat) / sum(lat), "q/s", p50, p99, "")]
 
@@ -117,20 +105,11 @@ def search_rows(index: Any, device: str, queries: np.ndarray, a: argparse.Namesp
     single = queries[: a.single_queries]
     p50s, p99s = [], []
     for _ in range(a.runs):
-        lat = []
-        for i in range(len(single)):
-            started = time.perf_counter()
-            index.search(single[i:i + 1], a.k)
-            lat.append(time.perf_counter() - started)
-        p50, p99 = percentiles(lat)
+        p50, p99 = percentiles_ms(latencies_s(lambda i: index.search(single[i:i + 1], a.k), len(single)))
         p50s.append(p50)
         p99s.append(p99)
-    rates = []
-    for _ in range(a.runs):
-        started = time.perf_counter()
-        index.search(queries, a.k)
-        rates.append(len(queries) / (time.perf_counter() - started))
-    return [Row(f"faiss flat {a.vectors:,} x {a.dim}, k={a.k}", device, statistics.median(rates), "q/s (batch)",
+    rate = median_rate(len(queries), lambda: index.search(queries, a.k), a.runs)
+    return [Row(f"faiss flat {a.vectors:,} x {a.dim}, k={a.k}", device, rate, "q/s (batch)",
                 statistics.median(p50s), statistics.median(p99s), f"{len(queries)} batched, {len(single)} single")]
 
 

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from timing import median_rate, percentiles_ms
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -154,8 +155,9 @@ def time_single(search: Search, queries: np.ndarray, runs: int) -> tuple[Timing,
             rows.append(search(queries[i:i + 1])[0])
             lat[i] = time.perf_counter() - t
         total = time.perf_counter() - started
-        p50.append(float(np.percentile(lat, 50)) * 1e3)
-        p99.append(float(np.percentile(lat, 99)) * 1e3)
+        p50_ms, p99_ms = percentiles_ms(lat.tolist())
+        p50.append(p50_ms)
+        p99.append(p99_ms)
         qps.append(len(queries) / total)
         cpu.append((time.process_time() - cpu_started) / total)
         found = np.array(rows)
@@ -164,12 +166,7 @@ def time_single(search: Search, queries: np.ndarray, runs: int) -> tuple[Timing,
 
 
 def time_batch(search: Search, queries: np.ndarray, runs: int) -> float:
-    rates = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        search(queries)
-        rates.append(len(queries) / (time.perf_counter() - started))
-    return statistics.median(rates)
+    return median_rate(len(queries), lambda: search(queries), runs)
 
 
 # --- building through the product's index -------------------------------------------------------

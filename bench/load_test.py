@@ -55,8 +55,8 @@ from typing import Any
 
 import httpx
 import jwt
-import numpy as np
 from pydantic import SecretStr
+from timing import percentiles_ms
 
 from connectors.base import AccessRule
 from connectors.filesystem import FileShareSource
@@ -340,13 +340,6 @@ def check_audit(log: AuditLog, head_before: int, ok: list[Sample]) -> AuditCheck
 
 
 # --- one run ------------------------------------------------------------------------------------
-
-
-def percentiles_ms(latencies: list[float]) -> tuple[float, float]:
-    if not latencies:
-        return float("nan"), float("nan")
-    p50, p99 = np.percentile(np.asarray(latencies) * 1000.0, [50, 99])
-    return float(p50), float(p99)
 
 
 async def run_once(run: int, target: Target, args: argparse.Namespace) -> RunResult:

@@ -24,6 +24,7 @@ from rag.catalog.models import Chunk, Document
 from rag.catalog.store import CatalogStore
 from rag.cli import main
 from rag.config import Settings
+from rag.eval import EvaluationInputError
 from rag.eval.access import check_access, read_probes, source_documents, source_rules
 from rag.eval.pii import IngestionRedaction, load_corpus, read_labels
 from rag.eval.retrieval import DocumentNames
@@ -77,11 +78,31 @@ def test_every_topic_layout_reads_as_the_same_topics(name: str) -> None:
     assert read_topics(FIXTURES / name) == TOPICS
 
 
+@pytest.mark.shared
 def test_the_shared_cacm_topics_and_qrels_are_read_whole() -> None:
     topics = read_topics(shared_path("corpus", "cacm", "topics.cacm.txt"))
     qrels = read_qrels(shared_path("corpus", "cacm", "qrels.cacm.txt"))
     assert len(topics) == 64 and topics["1"].startswith("What articles exist which deal with TSS")
     assert sum(len(q) for q in qrels.values()) == 796
+
+
+def test_golden_set_lines_are_read_by_shape_and_a_bad_line_is_named(tmp_path: Path) -> None:
+    probes = tmp_path / "probes.jsonl"
+    probes.write_text('{"user": 7, "groups": "a, b,", "question": "q"}\n\n{"user": "u", "groups": ["c"]}\n')
+    with pytest.raises(EvaluationInputError, match=r"probes.jsonl:3: a probe is \{"):
+        read_probes(probes)
+    probes.write_text('{"user": 7, "groups": "a, b,", "question": "q"}\n')
+    [probe] = read_probes(probes)
+    assert (probe.user, probe.groups, probe.question) == ("7", ("a", "b"), "q")
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text('{"file": "a.txt", "entities": [{"type": "PERSON", "value": "Ann Lee"}]}\n'
+                      '{"file": "b.txt", "entities": [{"type": "PERSON"}]}\n')
+    with pytest.raises(EvaluationInputError, match=r"labels.jsonl:2: a label line is"):
+        read_labels(labels)
+    topics = tmp_path / "topics.jsonl"
+    topics.write_text('{"id": 1, "query": "x"}\n[1, 2]\n')
+    with pytest.raises(EvaluationInputError, match=r"topics.jsonl:2: not a JSON object"):
+        read_topics(topics)
 
 
 def test_documents_are_named_as_the_qrels_name_them() -> None:

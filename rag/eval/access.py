@@ -10,15 +10,16 @@ their rules live elsewhere (evaluate each source with its own directory).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from connectors.base import AccessRule
 from connectors.filesystem import FileShareSource
 from rag.catalog.store import CatalogStore
-from rag.eval import EvaluationInputError
+from rag.eval import EvaluationInputError, read_jsonl
 from rag.query import QueryEngine
 
 
@@ -46,22 +47,21 @@ class AccessReport:
                 "leaks": len(self.leaks), "leak_details": self.leaks}
 
 
+class _ProbeLine(BaseModel):
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+
+    user: str
+    groups: list[str] | str = []
+    question: str
+
+
 def read_probes(path: Path) -> list[Probe]:
     """JSONL, one ``{"user": ..., "groups": [...] or "a,b", "question": ...}`` per line."""
-    probes = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            groups = row.get("groups", [])
-            if isinstance(groups, str):
-                groups = groups.split(",")
-            probes.append(Probe(str(row["user"]), tuple(g.strip() for g in groups if g.strip()),
-                                str(row["question"])))
-        except (json.JSONDecodeError, KeyError, AttributeError, TypeError):
-            raise EvaluationInputError(
-                f'{path}:{n}: a probe is {{"user": ..., "groups": [...], "question": ...}}') from None
+    lines: list[_ProbeLine] = read_jsonl(path, _ProbeLine,
+                                         'a probe is {"user": ..., "groups": [...], "question": ...}')
+    probes = [Probe(line.user, tuple(g.strip() for g in (line.groups.split(",") if isinstance(line.groups, str)
+                                                           else line.groups) if g.strip()), line.question)
+              for line in lines]
     if not probes:
         raise EvaluationInputError(f"{path}: no probes found")
     return probes

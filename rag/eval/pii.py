@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
 from rag.errors import QuarantinedError, QuarantineReason
-from rag.eval import EvaluationInputError
+from rag.eval import EvaluationInputError, read_jsonl
 from rag.ingest import RedactionNotConvergedError, RedactionTransform
 from rag.parsing import ParsedChunk, ParseLimits, parse_file
 from rag.redaction import Finding, PresidioRedactor, RedactionResult
@@ -63,18 +65,25 @@ class Corpus:
     missing: tuple[str, ...]  # labelled files that are not in the directory
 
 
+class _Entity(BaseModel):
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+
+    type: str
+    value: str
+
+
+class _LabelLine(BaseModel):
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+
+    file: str
+    entities: list[_Entity]
+
+
 def read_labels(path: Path) -> dict[str, tuple[Label, ...]]:
     """``{"file": NAME, "entities": [{"type": TYPE, "value": VALUE}, ...]}`` per line."""
-    labels: dict[str, tuple[Label, ...]] = {}
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            labels[str(row["file"])] = tuple(Label(str(e["type"]), str(e["value"])) for e in row["entities"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise EvaluationInputError(
-                f'{path}:{n}: a label line is {{"file": ..., "entities": [{{"type": ..., "value": ...}}]}}') from None
+    lines: list[_LabelLine] = read_jsonl(
+        path, _LabelLine, 'a label line is {"file": ..., "entities": [{"type": ..., "value": ...}]}')
+    labels = {line.file: tuple(Label(e.type, e.value) for e in line.entities) for line in lines}
     if not labels:
         raise EvaluationInputError(f"{path}: no labelled documents")
     return labels

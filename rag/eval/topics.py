@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
+from typing import Any
 
-from rag.eval import EvaluationInputError
+from rag.eval import EvaluationInputError, read_jsonl
 
 _TOP = re.compile(r"<top>(.*?)</top>", re.S | re.I)
 _NUM = re.compile(r"<num>\s*(?:Number:)?\s*(\S+)", re.I)
@@ -25,7 +25,7 @@ def read_topics(path: Path) -> dict[str, str]:
     elif "<DOC>" in text:
         topics = _docno_topics(text)
     elif text.lstrip().startswith("{"):
-        topics = _jsonl_topics(text, path)
+        topics = _jsonl_topics(path)
     else:
         topics = {}
         for line in text.splitlines():
@@ -56,19 +56,13 @@ def _docno_topics(text: str) -> dict[str, str]:
     return topics
 
 
-def _jsonl_topics(text: str, path: Path) -> dict[str, str]:
+def _jsonl_topics(path: Path) -> dict[str, str]:
     topics = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise EvaluationInputError(f"{path}:{n}: not a JSON object") from None
+    for n, row in enumerate(read_jsonl(path, dict[str, Any], "not a JSON object"), 1):
         qid = next((row[k] for k in _ID_KEYS if k in row), None)
         query = next((row[k] for k in _QUERY_KEYS if k in row), None)
         if qid is None or not isinstance(query, str):
-            raise EvaluationInputError(f"{path}:{n}: a topic needs an id ({', '.join(_ID_KEYS)}) "
+            raise EvaluationInputError(f"{path}: topic {n} needs an id ({', '.join(_ID_KEYS)}) "
                                        f"and a query ({', '.join(_QUERY_KEYS)})")
         topics[str(qid)] = query
     return topics
