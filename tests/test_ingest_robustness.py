@@ -41,6 +41,7 @@ def _snapshot(home: Path) -> dict[str, object]:
     return {"chunks": chunks, "docs": docs, "quarantined": quarantined, "ids": ids, "index_ids": index.ids().tolist()}
 
 
+@pytest.mark.shared
 @pytest.mark.slow
 def test_the_shared_corpus_ingests_with_every_failure_quarantined(enclave_home: Path) -> None:
     docs_dir = shared_path("corpus", "documents")
@@ -106,6 +107,7 @@ def test_a_killed_ingestion_resumes_to_the_same_catalog_and_index(tmp_path: Path
     assert a["index_ids"] == a["ids"]
 
 
+@pytest.mark.shared
 @pytest.mark.slow
 def test_no_labelled_pii_is_stored_beyond_what_the_recall_report_admits(enclave_home: Path, tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,12 +9,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import shared_path
 
 from rag.errors import QuarantinedError, QuarantineReason
 from rag.parsing import ParsedChunk, ParseLimits, parse_bytes, parse_file
 from rag.workers import FileJob, ParsePool
 
-SHARED_DOCUMENTS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "documents"
 LIMITS = ParseLimits(max_file_bytes=50 << 20, max_uncompressed_bytes=200 << 20, chunk_max_tokens=240)
 
 
@@ -136,11 +136,10 @@ def test_pgp_encrypted_email_is_quarantined_encrypted() -> None:
     assert _quarantine_reason(data, "mail.eml").reason is QuarantineReason.ENCRYPTED
 
 
+@pytest.mark.shared
 @pytest.mark.slow
 def test_every_shared_document_is_parsed_or_quarantined_through_the_pool() -> None:
-    if not SHARED_DOCUMENTS.is_dir():
-        pytest.skip(f"{SHARED_DOCUMENTS} is absent (shared corpora sit beside the checkout in ../shared)")
-    files = sorted(p for p in SHARED_DOCUMENTS.iterdir() if p.is_file())
+    files = sorted(p for p in shared_path("corpus", "documents").iterdir() if p.is_file())
     jobs = [FileJob(key=p.name, filename=p.name, data=p.read_bytes()) for p in files]
     started = time.monotonic()
     with ParsePool(workers=2, timeout_s=60, memory_mb=2048, limits=LIMITS) as pool:
