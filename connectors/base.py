@@ -4,14 +4,14 @@ A connector is anything with ``scan()`` and ``read(uri)``. ``scan()`` lists ever
 source holds now, each with its content hash and access rule; the pipeline diffs that list
 against the catalog, so a connector never needs to remember what it sent before. Built-ins
 register by name below; third-party connectors register through the ``enclave.connectors``
-entry-point group.
+entry-point group and are loaded, only when allow-listed, by :func:`rag.plugins.connector_for`
+(this layer imports no installed package on its own).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -76,14 +76,13 @@ def register(kind: str) -> Callable[[ConnectorFactory], ConnectorFactory]:
     return wrap
 
 
+def registered_kinds() -> frozenset[str]:
+    return frozenset(_BUILT_INS)
+
+
 def connector_for(kind: str, **options: Any) -> Connector:
-    """Build a connector by kind: a built-in, or one registered under ``enclave.connectors``."""
+    """Build a connector of a registered kind (plugins are registered by :func:`rag.plugins.connector_for`)."""
     if kind not in _BUILT_INS:
-        for ep in entry_points(group="enclave.connectors"):
-            if ep.name == kind:
-                _BUILT_INS[kind] = ep.load()
-                break
-        else:
-            known = ", ".join(sorted(_BUILT_INS)) or "none"
-            raise KeyError(f"no connector of kind {kind!r} (known: {known})")
+        known = ", ".join(sorted(_BUILT_INS)) or "none"
+        raise KeyError(f"no connector of kind {kind!r} (known: {known})")
     return _BUILT_INS[kind](**options)

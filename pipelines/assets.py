@@ -15,17 +15,18 @@ from tqdm import tqdm
 
 from pipelines.config import IngestConfig
 from pipelines.resources import EnclaveResource
-from rag.ingest import embed_run, plan_run, planned_run, publish_run, redact_run
+from rag.ingest import embed_run, plan_run, planned_run, publish_run, redact_run, start_run
 
 
 @dg.asset(group_name="ingestion", kinds={"python"})
 def source_manifest(context: dg.AssetExecutionContext, config: IngestConfig,
-                    enclave: EnclaveResource) -> dg.MaterializeResult:
+                    enclave: EnclaveResource) -> dg.MaterializeResult[None]:
     """What the source holds now against the catalog; deletions and access changes are applied here."""
     components = enclave.components
-    connector = config.connector()
-    planned = plan_run(connector, config.kind, config.path, components.catalog, components.policy(config.policy),
-                       components.version, enclave.settings.policies_dir, dagster_run_id=context.run_id)
+    connector = config.connector(enclave.settings.allowed_plugins)
+    run_id = start_run(connector, config.kind, config.path, components.catalog, components.policy(config.policy),
+                       components.version, dagster_run_id=context.run_id)
+    planned = plan_run(run_id, connector, components.catalog, enclave.settings.policies_dir)
     counts = planned.manifest.counts()
     return dg.MaterializeResult(metadata={
         "source": connector.name,
@@ -38,13 +39,14 @@ def source_manifest(context: dg.AssetExecutionContext, config: IngestConfig,
 
 @dg.asset(group_name="ingestion", deps=[source_manifest], kinds={"python"})
 def redacted_chunks(context: dg.AssetExecutionContext, config: IngestConfig,
-                    enclave: EnclaveResource) -> dg.MaterializeResult:
+                    enclave: EnclaveResource) -> dg.MaterializeResult[None]:
     """Parse, chunk and redact new and changed documents; quarantine what cannot be ingested."""
     components = enclave.components
     planned = planned_run(components.catalog, context.run_id)
     bar = tqdm(total=len(planned.manifest.to_process), desc="redact", unit="doc", file=sys.stderr,
                disable=not enclave.show_progress)
-    stats = redact_run(planned, config.connector(), components.catalog, components.redaction, on_progress=bar.update)
+    stats = redact_run(planned, config.connector(enclave.settings.allowed_plugins), components.catalog,
+                       components.redaction, on_progress=bar.update)
     bar.close()
     context.log.info(f"documents written {stats.stored}, quarantined {stats.quarantined}")
     return dg.MaterializeResult(metadata={
@@ -57,7 +59,7 @@ def redacted_chunks(context: dg.AssetExecutionContext, config: IngestConfig,
 
 
 @dg.asset(group_name="ingestion", deps=[redacted_chunks], kinds={"python"})
-def chunk_embeddings(context: dg.AssetExecutionContext, enclave: EnclaveResource) -> dg.MaterializeResult:
+def chunk_embeddings(context: dg.AssetExecutionContext, enclave: EnclaveResource) -> dg.MaterializeResult[None]:
     """Embed every chunk that has no vector from the current model."""
     components = enclave.components
     catalog, embedder = components.catalog, components.embedder
@@ -72,11 +74,12 @@ def chunk_embeddings(context: dg.AssetExecutionContext, enclave: EnclaveResource
 
 
 @dg.asset(group_name="ingestion", deps=[chunk_embeddings], kinds={"faiss"})
-def vector_index(context: dg.AssetExecutionContext, enclave: EnclaveResource) -> dg.MaterializeResult:
+def vector_index(context: dg.AssetExecutionContext, enclave: EnclaveResource) -> dg.MaterializeResult[None]:
     """Make the FAISS and BM25 indexes hold exactly the catalog's live chunks; saved atomically."""
     components = enclave.components
     index = components.index()
     run = components.catalog.run_for_dagster(context.run_id)
     report = publish_run(components.catalog, index, components.lexical(), run.id if run is not None else None)
     return dg.MaterializeResult(metadata={
-        **asdict(report), "index_version": index.version, "embedding_model": index.model_id})
+        **asdict(report), "index_version": index.version, "embedding_model": index.model_id,
+        "index_backend": index.build.describe()})

@@ -26,11 +26,12 @@ def no_residual_pii(context: dg.AssetCheckExecutionContext, enclave: EnclaveReso
     return dg.AssetCheckResult(passed=report.passed, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata)
 
 
-@dg.asset_check(asset=vector_index, name="index_matches_catalog")
+# Blocking: an index that disagrees with the catalog fails the run rather than passing with a warning.
+@dg.asset_check(asset=vector_index, blocking=True, name="index_matches_catalog")
 def index_matches_catalog(enclave: EnclaveResource) -> dg.AssetCheckResult:
     """The vectors in the index are exactly the live, embedded chunks of the catalog."""
     report = check_index(enclave.components.catalog, enclave.components.index())
-    return dg.AssetCheckResult(passed=report.passed, metadata={
+    return dg.AssetCheckResult(passed=report.passed, severity=dg.AssetCheckSeverity.ERROR, metadata={
         "index_vectors": report.index_vectors, "catalog_chunks": report.catalog_chunks,
         "missing_from_index": report.missing_from_index, "stale_in_index": report.stale_in_index,
         "chunks_without_embedding": report.chunks_without_embedding, "index_version": report.index_version})

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import dagster as dg
 from pydantic import Field
 
-from connectors.base import AccessRule, Connector, connector_for
+from connectors.base import AccessRule, Connector
 from connectors.filesystem import FileShareSource  # noqa: F401  # registers the "filesystem" kind
+from rag.plugins import connector_for
 
 
-class IngestConfig(dg.Config):  # type: ignore[misc]  # dagster's base is untyped
+class IngestConfig(dg.Config):
     path: str = Field(description="Directory (file share mount) to ingest.")
     source_name: str = Field(default="", description="Catalog name of the source; the directory name by default.")
     kind: str = Field(default="filesystem", description="Connector kind.")
@@ -24,6 +27,7 @@ class IngestConfig(dg.Config):  # type: ignore[misc]  # dagster's base is untype
             return AccessRule(groups=frozenset(self.groups))
         return None
 
-    def connector(self) -> Connector:
-        return connector_for(self.kind, root=self.path, name=self.source_name or None,
+    def connector(self, allowed_plugins: Collection[str] = ()) -> Connector:
+        """The connector of ``kind``; a plugin kind loads only when listed in ``allowed_plugins`` (ENCLAVE_PLUGINS)."""
+        return connector_for(self.kind, allowed_plugins, root=self.path, name=self.source_name or None,
                              default_access=self.default_access())

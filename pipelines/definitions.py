@@ -8,16 +8,18 @@ from pipelines import assets, checks
 from pipelines.jobs import ingest_documents_job
 from pipelines.resources import EnclaveResource
 from pipelines.schedules import nightly_ingest
-from pipelines.sensors import watched_source_sensor
-from rag.config import enforce_offline
+from pipelines.sensors import ingestion_run_failures, watched_source_sensor
+from rag.config import enforce_offline, load_settings
 
 enforce_offline()
+# Loading the code location in production without real secrets fails here, before any run.
+load_settings().require_secrets()
 
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules([assets]),
     asset_checks=dg.load_asset_checks_from_modules([checks]),
     jobs=[ingest_documents_job],
     schedules=[nightly_ingest],
-    sensors=[watched_source_sensor],
+    sensors=[watched_source_sensor, ingestion_run_failures],
     resources={"enclave": EnclaveResource()},
 )

@@ -15,7 +15,7 @@ from rag.config import Settings, load_settings
 from rag.ingest import IngestionComponents
 
 
-class EnclaveResource(dg.ConfigurableResource):  # type: ignore[misc]  # dagster's base is untyped
+class EnclaveResource(dg.ConfigurableResource):  # type: ignore[type-arg]  # subclassed bare, as dagster documents
     """Settings plus the catalog, embedder and indexes they describe, built once per process."""
 
     home: str = ""

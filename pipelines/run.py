@@ -14,6 +14,7 @@ import dagster as dg
 
 from pipelines.definitions import defs
 from pipelines.resources import EnclaveResource
+from rag.errors import EnclaveError
 from rag.ingest import IngestOutcome, RunCounts
 
 
@@ -34,9 +35,18 @@ def run_ingest(path: str, *, source_name: str = "", policy: str = "", groups: Se
                         "loggers": {"console": {"config": {"log_level": log_level}}}},
             instance=instance, resources={"enclave": enclave}, raise_on_error=False)
         failure = None if result.success else _first_failure(result)
+    try:
         catalog = enclave.components.catalog
+    except EnclaveError:  # the run was refused before its components were built (secrets, say)
+        return IngestOutcome(False, None, RunCounts(), failure, result.run_id)
+    try:
         run = catalog.run_for_dagster(result.run_id)
+        if run is not None and not result.success and run.status != "failed":
+            # failed outside any step, so the job's failure hook did not record it
+            catalog.finish_run(run.id, "failed", "the Dagster run failed outside its steps; see the Dagster run log")
+            run = catalog.run(run.id)
         counts = RunCounts.from_json(run.counts) if run is not None else RunCounts()
+    finally:
         enclave.components.close()
     return IngestOutcome(result.success, run.id if run is not None else None, counts, failure, result.run_id)
 

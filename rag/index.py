@@ -13,24 +13,78 @@
   reconcile converges either way.
 - Files are always saved in CPU form; GPU resources are used for search when
   ``faiss.get_num_gpus() > 0`` and the device allows.
+- faiss comes from exactly one of the extras ``cpu`` (faiss-cpu) or ``gpu`` (faiss-gpu-cu12):
+  :func:`faiss_build` names the build in use and refuses a missing faiss or both installed.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
-from rag.errors import IndexIntegrityError
+from rag.errors import ConfigurationError, IndexIntegrityError
 from rag.generations import MANIFEST, GenerationDirectory
 
-__all__ = ["MANIFEST", "FaissIndex", "ReconcileReport", "gpu_count"]
+__all__ = ["FAISS_DISTRIBUTIONS", "MANIFEST", "FaissBuild", "FaissIndex", "ReconcileReport", "faiss_build",
+           "gpu_count"]
+
+# The pip distributions that install the `faiss` module, by the build they carry. Installed
+# together they overwrite each other's files: the extras `cpu` and `gpu` install exactly one.
+FAISS_DISTRIBUTIONS = {"faiss-cpu": "cpu", "faiss-gpu-cu12": "gpu", "faiss-gpu-cu11": "gpu", "faiss-gpu": "gpu"}
+_INSTALL_HINT = ("install exactly one index backend: pip install 'enclave-rag[cpu]', or on a CUDA 12 host "
+                 "'enclave-rag[gpu]' (see the README)")
+
+
+def _faiss() -> Any:
+    """The faiss module, or a ConfigurationError naming the extras that install it."""
+    try:
+        return importlib.import_module("faiss")
+    except ImportError as exc:
+        raise ConfigurationError(f"faiss is not installed: {_INSTALL_HINT}") from exc
+
+
+@dataclass(frozen=True)
+class FaissBuild:
+    """Which faiss this process runs: ``cpu`` or ``gpu``, its version, and the distribution that installed it."""
+
+    kind: str
+    version: str
+    distribution: str
+
+    def describe(self) -> str:
+        return f"faiss {self.version} ({self.kind} build, from {self.distribution})"
+
+
+def _installed(distribution: str) -> str | None:
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
+@functools.cache
+def faiss_build() -> FaissBuild:
+    """The installed faiss build; refuses a missing faiss and two builds installed over each other."""
+    module = _faiss()
+    present = {name: v for name in FAISS_DISTRIBUTIONS if (v := _installed(name)) is not None}
+    if len(present) > 1:
+        both = " and ".join(f"{name} {v}" for name, v in sorted(present.items()))
+        raise ConfigurationError(f"{both} are installed and overwrite each other's faiss module; uninstall all "
+                                 f"of them, then {_INSTALL_HINT}")
+    kind = "gpu" if hasattr(module, "StandardGpuResources") else "cpu"
+    if not present:  # built from source or installed by conda: name the module's own build
+        return FaissBuild(kind, str(module.__version__), "a faiss not installed by pip")
+    [(name, dist_version)] = present.items()
+    return FaissBuild(kind, str(module.__version__), f"{name} {dist_version}")
 
 TOMBSTONE_REBUILD_FRACTION = 0.25
 HNSW_M = 32
@@ -49,7 +103,7 @@ class ReconcileReport:
 
 
 def gpu_count() -> int:
-    get = getattr(faiss, "get_num_gpus", None)
+    get = getattr(_faiss(), "get_num_gpus", None)
     return int(get()) if get is not None else 0
 
 
@@ -66,6 +120,8 @@ class FaissIndex:
         self.model_id = model_id
         self.exact_max = exact_max
         self.device = device
+        self.build = faiss_build()  # refuses a missing or doubly installed faiss, before any file is read
+        self._faiss = _faiss()
         self.generation = 0
         self.kind = "flat"
         self._index: Any = self._empty("flat")
@@ -79,12 +135,12 @@ class FaissIndex:
     def _empty(self, kind: str) -> Any:
         base: Any
         if kind == "hnsw":
-            base = faiss.IndexHNSWFlat(self.dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+            base = self._faiss.IndexHNSWFlat(self.dim, HNSW_M, self._faiss.METRIC_INNER_PRODUCT)
             base.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
             base.hnsw.efSearch = HNSW_EF_SEARCH
         else:
-            base = faiss.IndexFlatIP(self.dim)
-        return faiss.IndexIDMap2(base)
+            base = self._faiss.IndexFlatIP(self.dim)
+        return self._faiss.IndexIDMap2(base)
 
     def _use_gpu(self) -> bool:
         return self.device != "cpu" and gpu_count() > 0
@@ -99,7 +155,7 @@ class FaissIndex:
             # Another embedding model built this index: start empty, reconcile rebuilds it.
             return
         gen_dir = self._generations.path(manifest)
-        index = faiss.read_index(str(gen_dir / "index.faiss"))
+        index = self._faiss.read_index(str(gen_dir / "index.faiss"))
         tomb = np.load(gen_dir / "tombstones.npy") if (gen_dir / "tombstones.npy").exists() else np.zeros(0)
         with self._lock:
             self._index, self.kind, self.generation = index, manifest["kind"], int(manifest["generation"])
@@ -108,7 +164,7 @@ class FaissIndex:
 
     def save(self) -> None:
         with self._lock:
-            data = faiss.serialize_index(self._index).tobytes()
+            data = self._faiss.serialize_index(self._index).tobytes()
             tomb = np.array(sorted(self._tombstones), dtype=np.int64)
 
             def write(gen_dir: Path) -> dict[str, Any]:
@@ -134,7 +190,7 @@ class FaissIndex:
     def ids(self) -> np.ndarray:
         """Live ids: those stored minus tombstones."""
         with self._lock:
-            stored = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+            stored = self._faiss.vector_to_array(self._index.id_map).astype(np.int64)
             if not self._tombstones:
                 return np.sort(stored)
             return np.sort(np.setdiff1d(stored, np.fromiter(self._tombstones, dtype=np.int64)))
@@ -143,7 +199,7 @@ class FaissIndex:
         with self._lock:
             return int(self._index.ntotal) - len(self._tombstones)
 
-    def reconcile(self, desired_ids: np.ndarray, fetch: Callable[[Sequence[int]], np.ndarray],
+    def reconcile(self, desired_ids: np.ndarray, fetch: Callable[[np.ndarray], np.ndarray],
                   batch: int = 4096) -> ReconcileReport:
         """Make the index hold exactly ``desired_ids``; ``fetch`` returns their vectors from the catalog."""
         with self._lock:
@@ -164,12 +220,14 @@ class FaissIndex:
             else:
                 if len(to_remove):
                     if self.kind == "flat":
-                        self._index.remove_ids(faiss.IDSelectorBatch(to_remove))
+                        self._index.remove_ids(self._faiss.IDSelectorBatch(to_remove))
                     else:
                         self._tombstones.update(int(x) for x in to_remove)
                 for start in range(0, len(to_add), batch):
                     ids = to_add[start:start + batch]
-                    # an id re-added after being tombstoned: drop the tombstone and the stale copy
+                    # A tombstoned id may not come back: its stale vector is still stored under it and
+                    # HNSW cannot remove it, so re-adding would leave two vectors for one id. Catalog
+                    # ids are never reused (AUTOINCREMENT), so this means the catalog was replaced.
                     revived = [int(x) for x in ids if int(x) in self._tombstones]
                     if revived:
                         raise IndexIntegrityError(f"chunk ids {revived[:5]} were reused; catalog ids must be unique")
@@ -186,15 +244,16 @@ class FaissIndex:
         if not self._use_gpu():
             return self._index
         if self._gpu_index is None:
-            res = faiss.StandardGpuResources()
-            self._gpu_index = faiss.index_cpu_to_gpu(res, 0, self._index)
+            res = self._faiss.StandardGpuResources()
+            self._gpu_index = self._faiss.index_cpu_to_gpu(res, 0, self._index)
         return self._gpu_index
 
-    def search(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int,
+               allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) per query, over ``allowed_ids`` only when given (filter before ranking)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         if self.search_threads is not None:
-            faiss.omp_set_num_threads(self.search_threads)
+            self._faiss.omp_set_num_threads(self.search_threads)
         with self._lock:
             if self._index.ntotal == 0 or k <= 0:
                 return (np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64))
@@ -204,9 +263,10 @@ class FaissIndex:
                     allowed = np.setdiff1d(allowed, np.fromiter(self._tombstones, dtype=np.int64))
                 if len(allowed) == 0:
                     return (np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64))
-                selector: Any = faiss.IDSelectorBatch(allowed)
+                selector: Any = self._faiss.IDSelectorBatch(allowed)
             elif self._tombstones:
-                selector = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.fromiter(self._tombstones, dtype=np.int64)))
+                dead = np.fromiter(self._tombstones, dtype=np.int64)
+                selector = self._faiss.IDSelectorNot(self._faiss.IDSelectorBatch(dead))
             else:
                 selector = None
             k = min(k, int(self._index.ntotal))
@@ -214,10 +274,10 @@ class FaissIndex:
                 return self._search_gpu(queries, k, allowed_ids)
             params: Any
             if self.kind == "hnsw":
-                params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(HNSW_EF_SEARCH, k)) if selector \
-                    else faiss.SearchParametersHNSW(efSearch=max(HNSW_EF_SEARCH, k))
+                params = self._faiss.SearchParametersHNSW(sel=selector, efSearch=max(HNSW_EF_SEARCH, k)) \
+                    if selector else self._faiss.SearchParametersHNSW(efSearch=max(HNSW_EF_SEARCH, k))
             else:
-                params = faiss.SearchParameters(sel=selector) if selector else None
+                params = self._faiss.SearchParameters(sel=selector) if selector else None
             scores, ids = self._index.search(queries, k, params=params)
             return scores, ids
 

@@ -1,5 +1,6 @@
 """Ingestion: how documents get into Enclave, as plain steps in a fixed order.
 
+    start_run           record the run before anything is touched (so a refused run is on record)
     plan_run            scan the source against the catalog (new, changed, unchanged, deleted);
                         apply what needs no parsing (deletions, changed access rules); record the
                         run and its manifest (uris, hashes, access rules; never text)
@@ -16,7 +17,9 @@
 ``pipelines/`` call one each (``dagster dev`` and the ``enclave ingest`` command run that job).
 Each step is idempotent: its input is the catalog's state, and each document is written in one
 transaction, so a retried or resumed run converges to the state of an uninterrupted one. What a
-run did travels as typed counts (:class:`RunCounts`), stored with the run in the catalog.
+run did travels as typed counts (:class:`RunCounts`), stored with the run in the catalog; a run
+ends ``completed`` or ``failed`` with its reason and duration (:func:`failing_run`, and in
+Dagster a failure hook and sensor).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property, partial
 from importlib.metadata import entry_points
@@ -243,22 +247,31 @@ def apply_manifest(manifest: Manifest, catalog: CatalogStore) -> None:
         catalog.update_access(doc_id, access)
 
 
-def plan_run(connector: Connector, kind: str, location: str, catalog: CatalogStore, policy: PolicyRef,
-             version: str, policies_dir: Path, *, dagster_run_id: str | None = None) -> PlannedRun:
-    """First step of a run: scan the source, apply what needs no parsing, record the run and its manifest."""
+def start_run(connector: Connector, kind: str, location: str, catalog: CatalogStore, policy: PolicyRef,
+              version: str, *, dagster_run_id: str | None = None) -> int:
+    """Record a run before it touches anything, so that a refused or failed run is on record too."""
     source_id = catalog.ensure_source(connector.name, kind, location)
-    manifest = scan_source(connector, catalog, source_id, policy.load(policies_dir), version)
+    return catalog.start_run(source_id, policy.name, policy.content_hash, dagster_run_id,
+                             manifest={"source_id": source_id, "policy": asdict(policy), "pipeline_version": version})
+
+
+def plan_run(run_id: int, connector: Connector, catalog: CatalogStore, policies_dir: Path) -> PlannedRun:
+    """First step of a run: scan the source, apply what needs no parsing, record the manifest with the run."""
+    run = catalog.run(run_id)
+    if run is None:
+        raise IngestionRunMissingError(f"no ingestion run {run_id} in the catalog; start_run records one")
+    started = run.manifest
+    policy, version = PolicyRef(**started["policy"]), str(started["pipeline_version"])
+    manifest = scan_source(connector, catalog, int(started["source_id"]), policy.load(policies_dir), version)
     apply_manifest(manifest, catalog)
-    run_id = catalog.start_run(source_id, policy.name, policy.content_hash, dagster_run_id,
-                               manifest={**manifest.to_json(), "policy": asdict(policy), "pipeline_version": version},
-                               counts=manifest.counts().to_json())
+    catalog.update_run(run_id, manifest.counts().to_json(), manifest={**started, **manifest.to_json()})
     return PlannedRun(run_id, manifest, policy, version)
 
 
 def planned_run(catalog: CatalogStore, dagster_run_id: str) -> PlannedRun:
     """The run :func:`plan_run` recorded for a Dagster run, for the steps that continue it."""
     run = catalog.run_for_dagster(dagster_run_id)
-    if run is None or "policy" not in run.manifest:
+    if run is None or "to_process" not in run.manifest:
         raise IngestionRunMissingError(f"no ingestion run recorded for Dagster run {dagster_run_id}; "
                                        "materialize source_manifest first")
     data = run.manifest
@@ -274,6 +287,25 @@ def run_policy(catalog: CatalogStore, dagster_run_id: str | None = None) -> Poli
 def run_counts(catalog: CatalogStore, run_id: int) -> RunCounts:
     run = catalog.run(run_id)
     return RunCounts.from_json(run.counts) if run is not None else RunCounts()
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What a run's record says of an exception. Enclave's own messages name ids, paths and types,
+    never document text; another library's message might quote a document, so only its class is kept."""
+    if isinstance(exc, EnclaveError):
+        return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__} (the message is in the run log only)"
+
+
+@contextmanager
+def failing_run(catalog: CatalogStore, run_id: int | None) -> Iterator[None]:
+    """Record the run as failed, with the reason and its duration, when the block raises (then re-raise)."""
+    try:
+        yield
+    except BaseException as exc:
+        if run_id is not None:
+            catalog.finish_run(run_id, "failed", failure_reason(exc))
+        raise
 
 
 # --- redact: parse + chunk + redact, inside the workers -----------------------------------------
@@ -337,7 +369,7 @@ class RedactionTransform:
             for c in chunks:
                 text, counts, verified = next(results)
                 digest = hashlib.sha256(text.encode()).hexdigest()
-                redacted.append(NewChunk(ordinal=c.ordinal, text=text, content_hash=digest, title=None,
+                redacted.append(NewChunk(ordinal=c.ordinal, text=text, content_hash=digest,
                                          page=c.page, entity_counts=dict(counts),
                                          pii_checked=verified and not self._leave_for_recheck(digest)))
             out.append(redacted)
@@ -596,10 +628,12 @@ def sync_index(catalog: CatalogStore, index: Any, lexical: Any | None = None) ->
 
 
 def publish_run(catalog: CatalogStore, index: Any, lexical: Any | None, run_id: int | None) -> IndexReport:
-    """Fifth step: the FAISS and BM25 indexes hold exactly the catalog's embedded chunks; the run is complete."""
+    """Fifth step: the FAISS and BM25 indexes hold exactly the catalog's embedded chunks; the run is complete
+    (unless the index check after it fails)."""
     report = sync_index(catalog, index, lexical)
     if run_id is not None:
-        catalog.update_run(run_id, {"index": asdict(report)}, status="completed")
+        catalog.update_run(run_id, {"index": asdict(report)})
+        catalog.finish_run(run_id, "completed")
     return report
 
 
@@ -635,6 +669,7 @@ class IngestionComponents:
     the embedder, the FAISS and BM25 indexes, and the redaction options."""
 
     def __init__(self, settings: Settings) -> None:
+        settings.require_secrets()  # keyed-hash placeholders need a real tenant key in production
         self.settings = settings
 
     @cached_property
@@ -704,6 +739,9 @@ ORCHESTRATOR_GROUP = "enclave.orchestrators"
 def ingest_runner(name: str = "dagster") -> IngestRunner:
     """The runner registered as ``name`` under ``enclave.orchestrators`` (this package registers the Dagster job)."""
     for entry_point in entry_points(group=ORCHESTRATOR_GROUP, name=name):
+        dist = entry_point.dist
+        if dist is None or dist.name.replace("_", "-").lower() != "enclave-rag":
+            continue  # another package may not take over ingestion by registering the same name
         runner: IngestRunner = entry_point.load()
         return runner
     raise ConfigurationError(f"no ingestion runner {name!r} is registered under {ORCHESTRATOR_GROUP!r}; "
@@ -712,22 +750,37 @@ def ingest_runner(name: str = "dagster") -> IngestRunner:
 
 def run_ingestion(components: IngestionComponents, connector: Connector, kind: str, location: str,
                   policy_ref: str = "") -> IngestOutcome:
-    """Every step in order, in this process: plan, redact, check (blocking), embed, publish, check the index."""
+    """Every step in order, in this process: plan, redact, check (blocking), embed, publish, check the index.
+
+    The run is recorded before its first step and ends ``completed`` or ``failed`` with the reason
+    and its duration. Enclave's own errors (a source without access rules, an invalid policy) end it
+    as a failed outcome; any other exception is recorded and raised.
+    """
     catalog = components.catalog
     options = components.redaction
     try:
-        planned = plan_run(connector, kind, location, catalog, components.policy(policy_ref), components.version,
-                           options.policies_dir)
+        policy = components.policy(policy_ref)
     except EnclaveError as exc:
         return IngestOutcome(False, None, RunCounts(), str(exc))
-    redact_run(planned, connector, catalog, options)
-    pii = check_residual_pii(catalog, options.policies_dir, options.tenant_key, planned.policy)
-    if not pii.passed:
-        return IngestOutcome(False, planned.run_id, run_counts(catalog, planned.run_id),
-                             f"check no_residual_pii failed: {asdict(pii)}")
-    embed_run(catalog, components.embedder, planned.run_id)
-    index = components.index()
-    publish_run(catalog, index, components.lexical(), planned.run_id)
-    consistency = check_index(catalog, index)
-    failure = None if consistency.passed else f"check index_matches_catalog failed: {asdict(consistency)}"
-    return IngestOutcome(consistency.passed, planned.run_id, run_counts(catalog, planned.run_id), failure)
+    run_id = start_run(connector, kind, location, catalog, policy, components.version)
+
+    def failed(reason: str) -> IngestOutcome:
+        catalog.finish_run(run_id, "failed", reason)
+        return IngestOutcome(False, run_id, run_counts(catalog, run_id), reason)
+
+    try:
+        with failing_run(catalog, run_id):
+            planned = plan_run(run_id, connector, catalog, options.policies_dir)
+            redact_run(planned, connector, catalog, options)
+            pii = check_residual_pii(catalog, options.policies_dir, options.tenant_key, planned.policy)
+            if not pii.passed:
+                return failed(f"check no_residual_pii failed: {asdict(pii)}")
+            embed_run(catalog, components.embedder, run_id)
+            index = components.index()
+            publish_run(catalog, index, components.lexical(), run_id)
+            consistency = check_index(catalog, index)
+            if not consistency.passed:
+                return failed(f"check index_matches_catalog failed: {asdict(consistency)}")
+    except EnclaveError as exc:
+        return IngestOutcome(False, run_id, run_counts(catalog, run_id), str(exc))
+    return IngestOutcome(True, run_id, run_counts(catalog, run_id))

@@ -10,7 +10,6 @@ switched atomically.
 from __future__ import annotations
 
 import hashlib
-import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -20,15 +19,16 @@ import numpy as np
 import Stemmer
 
 from rag.generations import GenerationDirectory
+from rag.redaction import PLACEHOLDER
 
 _STEMMER = Stemmer.Stemmer("english")
 # Redaction placeholders (<PERSON>, <PERSON:1a2b3c4d>) are not words of the document: indexed as
-# terms, every redacted question would match every redacted chunk.
-_PLACEHOLDER = re.compile(r"<[A-Z_]+(?::[0-9a-f]+)?>")
+# terms, every redacted question would match every redacted chunk. PLACEHOLDER is redaction's own
+# pattern of what it writes.
 
 
 def _tokenize(texts: list[str], as_strings: bool = False) -> Any:
-    texts = [_PLACEHOLDER.sub(" ", t) for t in texts]
+    texts = [PLACEHOLDER.sub(" ", t) for t in texts]
     return bm25s.tokenize(texts, stopwords="en", stemmer=_STEMMER, show_progress=False, return_ids=not as_strings)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import threading
 import time
 import uuid
@@ -20,16 +21,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from rag.answer import Answer, Answerer, Passage
-from rag.audit import AuditEntry, AuditLog, AuditRecord, RetrievedChunkRecord
+from rag.audit import AuditEntry, AuditLog, AuditRecord, Kind, Outcome, RetrievedChunkRecord
 from rag.catalog.store import CatalogStore
 from rag.config import Settings
 from rag.embedding import SentenceTransformerEmbedder
 from rag.index import FaissIndex
 from rag.lexical import Bm25Index
 from rag.llm.base import Generator, SamplingParams
+from rag.plugins import distribution_of
 from rag.policy import Policy, load_policy
 from rag.redaction import PresidioRedactor
 from rag.retrieval import CrossEncoderReranker, Hit, Mode, Retriever, SearchResult
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,7 @@ class AuditedAnswer:
 
 class QueryEngine:
     def __init__(self, settings: Settings, *, generator: Generator | None = None) -> None:
+        settings.require_secrets()  # questions are redacted and hashed under the tenant key
         self.settings = settings
         self.catalog = CatalogStore(settings.database_url)
         self.catalog.migrate()
@@ -59,11 +64,13 @@ class QueryEngine:
                                                     settings.embedding_batch_size, settings.embedding_precision)
         self.index = FaissIndex(settings.index_dir / "vectors", self.embedder.dimension, self.embedder.model_id,
                                 settings.exact_index_max, settings.device, search_threads=settings.search_threads)
+        log.info("query engine uses %s", self.index.build.describe())
         self.lexical = Bm25Index(settings.index_dir / "bm25")
         self.redactor = PresidioRedactor(self.policy, tenant_key=settings.tenant_key.get_secret_value().encode())
         reranker = CrossEncoderReranker(settings.rerank_model) if settings.rerank else None
         self.retriever = Retriever(self.catalog, self.embedder, self.index, self.lexical, self.redactor, reranker)
         self._generator = generator
+        self._generator_distribution: str | None = None
         self._answerer: Answerer | None = None
         self._lock = threading.Lock()
 
@@ -76,9 +83,13 @@ class QueryEngine:
         with self._lock:
             if self._answerer is None:
                 if self._generator is None:
-                    from rag.llm.base import generator_for
+                    from rag.llm.base import generator_distribution, generator_for
 
                     self._generator = generator_for(self.settings)
+                    self._generator_distribution = generator_distribution(self.settings.llm_backend,
+                                                                          self.settings.allowed_plugins)
+                else:
+                    self._generator_distribution = distribution_of(self._generator)
                 self._answerer = Answerer.from_settings(self.settings, self._generator)
             return self._answerer
 
@@ -90,17 +101,18 @@ class QueryEngine:
         # without a tenant key an unkeyed hash of the raw question could be brute-forced: hash the
         # redacted one (already computed by retrieval; redacted again only if retrieval failed first)
         if redacted is None:
-            redacted = self.retriever.redact_question(question)[0]
+            redacted = self.retriever.redact_question(question)
         return "sha256-redacted:" + hashlib.sha256(redacted.encode()).hexdigest()
 
-    def _entry(self, *, kind: str, request_id: str, user: str, groups: tuple[str, ...], purpose: str | None,
-               question: str, result: SearchResult | None, shown: set[int], outcome: str, started: float,
-               answer: Answer | None = None, error_type: str | None = None) -> AuditEntry:
+    def _entry(self, *, kind: Kind, request_id: str, user: str, groups: tuple[str, ...], purpose: str | None,
+               question: str, result: SearchResult | None, shown: set[int], outcome: Outcome, started: float,
+               via: str | None, answer: Answer | None = None, error_type: str | None = None) -> AuditEntry:
         gen = answer.generation if answer is not None else None
         llm: dict[str, Any] = {}
         if kind != "search":
             params = self.answerer.params
             llm = {"llm_backend": gen.backend if gen else self.settings.llm_backend,
+                   "llm_distribution": self._generator_distribution,
                    "llm_model": gen.model if gen else None, "llm_weights_hash": gen.model_hash if gen else None,
                    "sampling": _sampling(params), "prompt_template_version": self.answerer.PROMPT_TEMPLATE_VERSION,
                    "answer": answer.text if answer else None,
@@ -108,18 +120,20 @@ class QueryEngine:
                    "completion_tokens": gen.completion_tokens if gen else None}
         hits = result.hits if result is not None else ()
         return AuditEntry(
-            request_id=request_id, kind=kind, user=user, groups=groups, purpose=purpose,  # type: ignore[arg-type]
+            request_id=request_id, kind=kind, user=user, groups=groups, authenticated_via=via, purpose=purpose,
             question_redacted=result.question if result is not None else "",
             question_hash=self.question_hash(question, result.question if result is not None else None),
             chunks=tuple(RetrievedChunkRecord(h.chunk_id, h.document_id, h.document_version, h.content_hash,
                                               float(h.score), h.chunk_id in shown) for h in hits),
             policy_name=self.policy.name, policy_hash=self.policy.content_hash, index_version=self.index.version,
             embedding_model=self.embedder.model_name, embedding_model_hash=self.embedder.weights_sha256,
-            outcome=outcome, error_type=error_type,  # type: ignore[arg-type]
+            outcome=outcome, error_type=error_type,
             latency_ms=(time.perf_counter() - started) * 1000.0, **llm)
 
     def search(self, question: str, *, user: str, groups: list[str], k: int = 10, mode: Mode = "hybrid",
-               purpose: str | None = None, kind: str = "search", request_id: str | None = None) -> AuditedSearch:
+               purpose: str | None = None, kind: Kind = "search", request_id: str | None = None,
+               via: str | None = None) -> AuditedSearch:
+        """Hits for ``user``, audited first. ``via`` is how that identity was verified (recorded)."""
         started = time.perf_counter()
         # The service passes its own id, so its reply, an error body and the audit record name the same one.
         request_id = request_id or uuid.uuid4().hex
@@ -129,16 +143,17 @@ class QueryEngine:
         except Exception as exc:
             self.audit.append(self._entry(kind=kind, request_id=request_id, user=user, groups=g, purpose=purpose,
                                           question=question, result=None, shown=set(), outcome="error",
-                                          started=started, error_type=type(exc).__name__))
+                                          started=started, via=via, error_type=type(exc).__name__))
             raise
-        outcome = "ok" if result.hits else "no_results"
+        outcome: Outcome = "ok" if result.hits else "no_results"
         record = self.audit.append(self._entry(kind=kind, request_id=request_id, user=user, groups=g,
                                                purpose=purpose, question=question, result=result, shown=set(),
-                                               outcome=outcome, started=started))
+                                               outcome=outcome, started=started, via=via))
         return AuditedSearch(result, record, request_id)
 
     def ask(self, question: str, *, user: str, groups: list[str], k: int = 5, purpose: str | None = None,
-            kind: str = "ask", request_id: str | None = None) -> AuditedAnswer:
+            kind: Kind = "ask", request_id: str | None = None, via: str | None = None) -> AuditedAnswer:
+        """A cited answer for ``user``, audited first. ``via`` is how that identity was verified (recorded)."""
         started = time.perf_counter()
         request_id = request_id or uuid.uuid4().hex
         g = tuple(sorted(set(groups)))
@@ -150,13 +165,13 @@ class QueryEngine:
         except Exception as exc:
             self.audit.append(self._entry(kind=kind, request_id=request_id, user=user, groups=g, purpose=purpose,
                                           question=question, result=result, shown=set(), outcome="error",
-                                          started=started, error_type=type(exc).__name__))
+                                          started=started, via=via, error_type=type(exc).__name__))
             raise
         by_label = {p.passage_id: p.chunk_id for p in passages}
         shown = {by_label[pid] for pid in answer.shown_passage_ids if pid in by_label}
         record = self.audit.append(self._entry(kind=kind, request_id=request_id, user=user, groups=g,
                                                purpose=purpose, question=question, result=result, shown=shown,
-                                               outcome=answer.outcome, started=started, answer=answer,
+                                               outcome=answer.outcome, started=started, via=via, answer=answer,
                                                error_type=answer.error))
         return AuditedAnswer(result, answer, record, request_id)
 

@@ -84,7 +84,8 @@ def ner_view(text: str) -> str:
     Citation tables, numeric columns and ids cost the tagger and NER a token each and cannot be
     names; pattern recognizers (phones, cards, ids) still run on the full text.
     """
-    return _LETTERLESS_LINE.sub(lambda m: " " * len(m.group()), text)
+    blanked: str = _LETTERLESS_LINE.sub(lambda m: " " * len(m.group()), text)
+    return blanked
 
 
 def title_case_variant(text: str) -> str | None:

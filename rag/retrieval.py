@@ -41,7 +41,6 @@ class Hit:
 @dataclass(frozen=True)
 class SearchResult:
     question: str  # redacted
-    redacted_entities: dict[str, int]
     hits: tuple[Hit, ...]
     mode: Mode
     candidates: int  # chunks the user may see
@@ -102,18 +101,17 @@ class Retriever:
             self.index.load()
             self._index_version = version
 
-    def redact_question(self, question: str) -> tuple[str, dict[str, int]]:
-        result = self.redactor.redact(question, self.redactor.detect(question))
-        return result.text, dict(result.counts)
+    def redact_question(self, question: str) -> str:
+        return str(self.redactor.redact(question, self.redactor.detect(question)).text)
 
     def search(self, question: str, groups: Iterable[str], k: int = 10, mode: Mode = "hybrid",
                depth: int | None = None) -> SearchResult:
         groups = list(groups)
-        redacted, entities = self.redact_question(question)
+        redacted = self.redact_question(question)
         self._refresh_index()
         allowed = self.access.allowed(groups)
         if len(allowed) == 0:
-            return SearchResult(redacted, entities, (), mode, 0)
+            return SearchResult(redacted, (), mode, 0)
         depth = depth or max(4 * k, 50)
         dense: list[int] = []
         lexical: list[int] = []
@@ -140,7 +138,7 @@ class Retriever:
         dense_rank = {c: r for r, c in enumerate(dense)}
         lexical_rank = {c: r for r, c in enumerate(lexical)}
         hits = tuple(self._hit(views[c], scores[c], dense_rank.get(c), lexical_rank.get(c)) for c in admitted[:k])
-        return SearchResult(redacted, entities, hits, mode, int(len(allowed)))
+        return SearchResult(redacted, hits, mode, int(len(allowed)))
 
     @staticmethod
     def _hit(v: ChunkView, score: float, dr: int | None, lr: int | None) -> Hit:

@@ -25,8 +25,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from rag.audit import (
+    FIELDS_BY_VERSION,
     GENESIS_HASH,
     RECORD_FIELDS,
+    RECORD_FORMAT_VERSION,
     AuditEntry,
     AuditLog,
     ChainHead,
@@ -34,6 +36,7 @@ from rag.audit import (
     canonical_json,
     verify_export,
 )
+from rag.audit.records import record_problem
 from rag.errors import AuditIntegrityError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -396,6 +399,49 @@ def test_csv_export_has_a_column_per_field_and_defuses_spreadsheet_formulas(log:
     assert json.loads(rows[0]["canonical_json"])["answer"] == "=HYPERLINK(\"x\")"
     assert rows[-1]["seq"] == "trailer"
     assert verify_export(out).ok
+
+
+def _write_v1_records(log: AuditLog, count: int) -> None:
+    """Records as the first record format wrote them (no authenticated_via, no llm_distribution)."""
+    prev = GENESIS_HASH
+    with log.engine.begin() as conn:
+        for i in range(count):
+            entry = make_entry(i)
+            body = {k: v for k, v in entry.to_json().items() if k in FIELDS_BY_VERSION[1]}
+            content = canonical_json({**body, "v": 1, "seq": i + 1, "prev_hash": prev})
+            record_hash = hashlib.sha256(content.encode()).hexdigest()
+            conn.execute(text("INSERT INTO audit_records (seq, ts, user_id, kind, prev_hash, record_hash, content) "
+                              "VALUES (:seq, :ts, :user, :kind, :prev, :hash, :content)"),
+                         {"seq": i + 1, "ts": entry.ts, "user": entry.user, "kind": entry.kind, "prev": prev,
+                          "hash": record_hash, "content": content})
+            prev = record_hash
+
+
+def test_records_of_the_first_format_still_verify_live_and_in_exports_of_either_header(
+        log: AuditLog, tmp_path: Path) -> None:
+    _write_v1_records(log, 3)
+    log.append(replace(make_entry(3), authenticated_via="jwt", llm_distribution="enclave-rag 0.1.0"))
+    assert log.verify().ok and log.verify().records == 4
+    versions = [(r.body["v"], r.body.get("authenticated_via")) for r in log.records()]
+    assert versions == [(1, None), (1, None), (1, None), (RECORD_FORMAT_VERSION, "jwt")]
+    assert [r.entry().llm_distribution for r in log.records()][-1] == "enclave-rag 0.1.0"
+    jsonl, current_csv, old_csv = tmp_path / "a.jsonl", tmp_path / "a.csv", tmp_path / "old.csv"
+    log.export(jsonl)
+    log.export(current_csv, fmt="csv")
+    assert verify_export(jsonl).ok and verify_export(current_csv).ok
+    # a CSV written before the format change lacks the new columns and still verifies
+    with current_csv.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    keep = [i for i, column in enumerate(rows[0]) if column not in ("authenticated_via", "llm_distribution")]
+    with old_csv.open("w", newline="") as fh:
+        csv.writer(fh).writerows([[row[i] for i in keep] for row in rows])
+    assert verify_export(old_csv).ok
+    # ...but a record of the new format without a field of that format is incomplete
+    stripped = json.loads(list(log.records())[-1].content)
+    del stripped["llm_distribution"]
+    content = canonical_json(stripped)
+    problem = record_problem(4, stripped["prev_hash"], hashlib.sha256(content.encode()).hexdigest(), content)
+    assert problem == "content lacks fields ['llm_distribution']"
 
 
 def _export_seqs(path: Path) -> list[int]:

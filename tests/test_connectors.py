@@ -1,12 +1,17 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
-from connectors.base import AccessRule, connector_for
+import connectors.base
+from connectors.base import AccessRule, Connector, connector_for
 from connectors.filesystem import FileShareSource, InvalidAccessFileError, file_sha256
+from rag.errors import ConfigurationError
+from rag.plugins import connector_for as plugin_connector_for
+from rag.plugins import distribution_of
 
 
 def _write(path: Path, text: str) -> Path:
@@ -67,6 +72,38 @@ def test_connectors_are_found_by_kind(tmp_path: Path) -> None:
     assert isinstance(connector_for("filesystem", root=tmp_path), FileShareSource)
     with pytest.raises(KeyError):
         connector_for("no-such-kind")
+
+
+def test_a_connector_plugin_loads_only_when_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "acme_enclave_source.py").write_text(
+        "class AcmeSource:\n"
+        "    def __init__(self, **options):\n"
+        "        self.name, self.options = 'acme', options\n"
+        "    def scan(self):\n"
+        "        return []\n"
+        "    def read(self, uri):\n"
+        "        raise FileNotFoundError(uri)\n")
+    dist_info = site / "acme_enclave_source-2.3.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-enclave-source\nVersion: 2.3\n")
+    (dist_info / "entry_points.txt").write_text("[enclave.connectors]\nacme = acme_enclave_source:AcmeSource\n")
+    (dist_info / "RECORD").write_text("acme_enclave_source.py,,\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delitem(sys.modules, "acme_enclave_source", raising=False)
+    monkeypatch.setattr(connectors.base, "_BUILT_INS", dict(connectors.base._BUILT_INS))  # registered for this test
+
+    with pytest.raises(ConfigurationError, match=r"'acme' from acme-enclave-source 2.3 .* ENCLAVE_PLUGINS"):
+        plugin_connector_for("acme", frozenset(), root=tmp_path)
+    assert "acme_enclave_source" not in sys.modules
+    with pytest.raises(ConfigurationError, match="no connector of kind 'nope'"):
+        plugin_connector_for("nope", frozenset({"nope"}))
+
+    source = plugin_connector_for("acme", frozenset({"acme"}), root=tmp_path)
+    assert isinstance(source, Connector) and source.options == {"root": tmp_path}  # type: ignore[attr-defined]  # AcmeSource keeps them
+    assert distribution_of(source) == "acme-enclave-source 2.3"
+    assert distribution_of(plugin_connector_for("filesystem", frozenset(), root=tmp_path)).startswith("enclave-rag ")
 
 
 def test_access_rule_admits_members_only() -> None:

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from rag.index import MANIFEST, FaissIndex
+from rag.errors import ConfigurationError
+from rag.index import MANIFEST, FaissIndex, faiss_build
 
 DIM = 16
 
@@ -111,3 +114,38 @@ def test_gpu_search_matches_cpu_search(tmp_path: Path) -> None:
     gpu = FaissIndex(tmp_path / "idx", DIM, "model@x", device="cuda")
     q = _vectors(np.arange(5))
     assert (cpu.search(q, 5)[1] == gpu.search(q, 5)[1]).all()
+
+
+def test_the_installed_faiss_build_is_named() -> None:
+    import faiss
+
+    build = faiss_build()
+    assert (build.kind, build.version) == ("cpu", faiss.__version__)
+    assert build.distribution.startswith("faiss-cpu ")
+    assert build.describe().startswith(f"faiss {faiss.__version__} (cpu build, from faiss-cpu ")
+
+
+@pytest.fixture
+def fresh_build_check() -> Iterator[None]:
+    faiss_build.cache_clear()
+    yield
+    faiss_build.cache_clear()
+
+
+def test_two_faiss_builds_installed_over_each_other_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 fresh_build_check: None) -> None:
+    # a second distribution of the faiss module, as `pip install '.[gpu]'` over faiss-cpu would leave it
+    dist_info = tmp_path / "site" / "faiss_gpu_cu12-1.14.1.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: faiss-gpu-cu12\nVersion: 1.14.1\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    with pytest.raises(ConfigurationError, match=r"faiss-cpu \S+ and faiss-gpu-cu12 1.14.1 are installed"):
+        _index(tmp_path)
+    assert not (tmp_path / "idx").exists()
+
+
+def test_without_faiss_the_error_names_the_extras_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             fresh_build_check: None) -> None:
+    monkeypatch.setitem(sys.modules, "faiss", None)  # what an install without either extra looks like
+    with pytest.raises(ConfigurationError, match=r"enclave-rag\[cpu\].*enclave-rag\[gpu\]"):
+        _index(tmp_path)

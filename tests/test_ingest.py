@@ -6,9 +6,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
 from connectors.base import AccessRule, SourceDocument
 from connectors.filesystem import FileShareSource
+from rag.catalog.models import Chunk
 from rag.config import load_settings
 from rag.ingest import (
     IndexReport,
@@ -77,6 +79,8 @@ def test_a_whole_run_in_process_needs_no_orchestrator_and_a_second_run_changes_n
     first = run_ingestion(components, connector, "filesystem", str(sample_corpus))
     assert first.success, first.failure
     assert first.dagster_run_id is None and first.run_id is not None
+    run = components.catalog.run(first.run_id)
+    assert run is not None and (run.status, run.failure) == ("completed", None) and (run.seconds or 0) > 0
     assert (first.counts.new, first.counts.documents_written) == (7, 6)
     second = run_ingestion(components, connector, "filesystem", str(sample_corpus))
     assert second.success, second.failure
@@ -91,6 +95,21 @@ def test_a_run_without_access_rules_fails_with_the_reason_and_writes_nothing(
     out = run_ingestion(components, FileShareSource(sample_corpus, name="sample"), "filesystem", str(sample_corpus))
     assert not out.success and "no access rule" in (out.failure or "")
     assert components.catalog.counts().documents == 0
+    run = components.catalog.run(out.run_id or 0)
+    assert run is not None and run.status == "failed" and run.seconds is not None
+    assert (run.failure or "").startswith("AccessRuleMissingError: ")
+
+
+def test_a_run_whose_residual_pii_check_fails_is_recorded_failed(components: IngestionComponents,
+                                                                 sample_corpus: Path) -> None:
+    connector = FileShareSource(sample_corpus, name="sample")
+    assert run_ingestion(components, connector, "filesystem", str(sample_corpus)).success
+    with components.catalog.session() as s, s.begin():  # chunks under a policy that no longer exists
+        s.execute(update(Chunk).values(pii_checked=False, policy_name="retired-policy"))
+    out = run_ingestion(components, connector, "filesystem", str(sample_corpus))
+    assert not out.success and (out.failure or "").startswith("check no_residual_pii failed")
+    run = components.catalog.run(out.run_id or 0)
+    assert run is not None and run.status == "failed" and run.failure == out.failure
 
 
 def test_a_step_that_continues_a_run_nobody_planned_says_so(components: IngestionComponents) -> None:

@@ -33,9 +33,11 @@ from rag.llm import (
     Generator,
     GeneratorFailedError,
     SamplingParams,
+    generator_distribution,
     generator_factory,
     generator_for,
 )
+from rag.llm import base as llm_base
 from rag.llm.llamacpp import LlamaCppGenerator, bundled_gguf_path
 from rag.llm.openai_compat import OpenAICompatibleGenerator
 from rag.llm.vllm_engine import VllmGenerator
@@ -182,10 +184,10 @@ def test_unknown_generator_name_is_a_configuration_error() -> None:
         generator_factory("nope")
 
 
-def test_third_party_generator_is_found_through_its_entry_point(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    (tmp_path / "enclave_echo_generator.py").write_text(
+def _install_echo_generator(site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A third-party distribution, as pip leaves it, registering the generator ``echo``."""
+    site.mkdir()
+    (site / "enclave_echo_generator.py").write_text(
         "from rag.llm.base import Generation\n"
         "class EchoGenerator:\n"
         "    backend = 'echo'\n"
@@ -194,16 +196,37 @@ def test_third_party_generator_is_found_through_its_entry_point(
         "def factory(settings):\n"
         "    return EchoGenerator()\n"
     )
-    dist_info = tmp_path / "enclave_echo_generator-1.0.dist-info"
+    dist_info = site / "enclave_echo_generator-1.0.dist-info"
     dist_info.mkdir()
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: enclave-echo-generator\nVersion: 1.0\n")
     (dist_info / "entry_points.txt").write_text("[enclave.generators]\necho = enclave_echo_generator:factory\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delitem(sys.modules, "enclave_echo_generator", raising=False)
+    monkeypatch.setattr(llm_base, "_LOADED", {})  # what earlier tests loaded in this process
 
-    generator = generator_for(Settings(llm_backend="echo"))  # chosen from settings, as ENCLAVE_LLM_BACKEND=echo
+
+def test_an_installed_generator_plugin_that_is_not_allowed_is_refused_unimported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _install_echo_generator(tmp_path / "site", monkeypatch)
+    with pytest.raises(ConfigurationError, match=r"'echo' from enclave-echo-generator 1.0 .* ENCLAVE_PLUGINS"):
+        generator_for(Settings(llm_backend="echo"))
+    assert "enclave_echo_generator" not in sys.modules  # none of its code ran
+
+
+def test_an_allowed_third_party_generator_is_found_through_its_entry_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _install_echo_generator(tmp_path / "site", monkeypatch)
+    monkeypatch.setenv("ENCLAVE_PLUGINS", "other, echo")
+    settings = Settings(llm_backend="echo")  # chosen from settings, as ENCLAVE_LLM_BACKEND=echo
+
+    generator = generator_for(settings)
 
     assert generator.backend == "echo"
     assert generator.generate([], None, PARAMS).model == "echo"
+    assert generator_distribution("echo", settings.allowed_plugins) == "enclave-echo-generator 1.0"
+    assert generator_distribution("llamacpp").startswith("enclave-rag ")
 
 
 def _importable(name: str) -> bool:

@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from click.testing import CliRunner
+from sqlalchemy import select, update
 
 from pipelines.run import run_ingest
-from rag.catalog.models import Chunk, Document
+from rag.catalog.models import Chunk, Document, IngestionRun
 from rag.catalog.store import CatalogStore
+from rag.cli import main
 from rag.config import Settings
 from rag.index import FaissIndex
 
@@ -30,12 +32,23 @@ def _state(home: Path) -> dict[str, object]:
             "index_generation": manifest["generation"]}
 
 
+def _latest_run(home: Path) -> IngestionRun:
+    catalog = CatalogStore(Settings(home=home).database_url)
+    run = catalog.latest_run()
+    catalog.dispose()
+    assert run is not None
+    return run
+
+
 def test_first_ingest_indexes_every_chunk_and_quarantines_the_empty_file(enclave_home: Path,
                                                                          sample_corpus: Path) -> None:
     out = run_ingest(str(sample_corpus), source_name="sample")
     assert out.success, out.failure
     assert out.counts.new == 7
     assert out.counts.quarantine_by_reason == {"empty": 1}
+    run = _latest_run(enclave_home)
+    assert (run.status, run.failure, run.dagster_run_id) == ("completed", None, out.dagster_run_id)
+    assert run.seconds is not None and run.seconds > 0 and run.finished_at is not None
     state = _state(enclave_home)
     assert len(state["documents"]) == 6  # type: ignore[arg-type]
     assert state["index_ids"] == [c[0] for c in state["chunks"]]  # type: ignore[union-attr]
@@ -93,6 +106,29 @@ def test_documents_without_an_access_rule_are_refused_and_nothing_is_written(enc
     assert "no access rule" in (out.failure or "") and "staff-handbook.txt" in (out.failure or "")
     catalog = CatalogStore(Settings(home=enclave_home).database_url)
     assert catalog.counts().documents == 0
+    # the refusal is on record as a failed run, with its reason (written by the job's failure hook)
+    run = _latest_run(enclave_home)
+    assert run.status == "failed" and run.seconds is not None
+    assert (run.failure or "").startswith("step source_manifest: AccessRuleMissingError: ")
+    status = CliRunner().invoke(main, ["status", "--json"], env={"ENCLAVE_HOME": str(enclave_home)})
+    assert status.exit_code == 0, status.output
+    shown = json.loads(status.output)
+    assert shown["last_run"] == "failed" and "no access rule" in shown["last_run_failure"]
+    assert "(cpu build, from faiss-cpu " in shown["index_backend"]
+
+
+def test_a_blocking_check_that_fails_fails_the_run_on_record(enclave_home: Path, sample_corpus: Path) -> None:
+    assert run_ingest(str(sample_corpus), source_name="sample").success
+    # chunks left unverified under a policy that no longer exists: the residual-PII check cannot vouch for them
+    catalog = CatalogStore(Settings(home=enclave_home).database_url)
+    with catalog.session() as s, s.begin():
+        s.execute(update(Chunk).values(pii_checked=False, policy_name="retired-policy"))
+    catalog.dispose()
+    out = run_ingest(str(sample_corpus), source_name="sample")
+    assert not out.success and "no_residual_pii" in (out.failure or "")
+    run = _latest_run(enclave_home)
+    assert run.status == "failed" and run.seconds is not None
+    assert "no_residual_pii" in (run.failure or "") and run.dagster_run_id == out.dagster_run_id
 
 
 def test_default_groups_apply_where_no_access_file_does(enclave_home: Path, sample_corpus: Path) -> None:

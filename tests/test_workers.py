@@ -131,3 +131,15 @@ def test_without_a_transform_parsed_chunks_come_back_and_bad_files_are_quarantin
     assert outcomes["a"].chunks and isinstance(outcomes["a"].chunks[0], ParsedChunk)
     assert outcomes["empty"].quarantine is not None and outcomes["empty"].quarantine[0] is QuarantineReason.EMPTY
     assert outcomes["exe"].quarantine is not None and outcomes["exe"].quarantine[0] is QuarantineReason.UNSUPPORTED
+
+
+def test_a_parse_that_outlasts_the_time_limit_is_stopped_by_the_in_worker_timer() -> None:
+    # ~900 KB of short paragraphs: unstructured classifies each one, which takes far longer than a second
+    text = "\n\n".join(f"Paragraph {i} of a long ward procedure, read line by line." for i in range(15_000))
+    slow = FileJob("slow", "slow.txt", text.encode())
+    assert len(slow.data) < LIMITS.max_file_bytes
+    outcomes = _run(None, [_job("a"), slow, _job("b")], timeout_s=1.0)
+    reason, detail = outcomes["slow"].quarantine or (None, "")
+    # "parse exceeded" is the worker's own timer; a task pebble had to kill would say "task exceeded"
+    assert (reason, detail) == (QuarantineReason.TIMEOUT, "parse exceeded 1 s")
+    assert outcomes["a"].chunks and outcomes["b"].chunks

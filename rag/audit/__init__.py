@@ -8,6 +8,7 @@
 from rag.audit.export import EXPORT_FORMAT, ExportFormat, verify_export
 from rag.audit.log import TABLE_NAME, VERSION_TABLE, AuditLog, audit_records, metadata
 from rag.audit.records import (
+    FIELDS_BY_VERSION,
     GENESIS_HASH,
     RECORD_FIELDS,
     RECORD_FORMAT_VERSION,
@@ -25,6 +26,7 @@ from rag.audit.records import (
 
 __all__ = [
     "EXPORT_FORMAT",
+    "FIELDS_BY_VERSION",
     "GENESIS_HASH",
     "RECORD_FIELDS",
     "RECORD_FORMAT_VERSION",

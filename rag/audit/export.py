@@ -27,6 +27,7 @@ from typing import Any, Literal
 import rfc8785
 
 from rag.audit.records import (
+    FIELDS_BY_VERSION,
     GENESIS_HASH,
     RECORD_FIELDS,
     ChainHead,
@@ -42,8 +43,13 @@ from rag.audit.records import (
 EXPORT_FORMAT = "enclave-audit-export/1"
 ExportFormat = Literal["jsonl", "csv"]
 
-_CSV_COLUMNS: tuple[str, ...] = ("seq", "prev_hash", "record_hash",
-                                 *(f for f in RECORD_FIELDS if f not in ("seq", "prev_hash")), "canonical_json")
+def _csv_columns(fields: tuple[str, ...]) -> tuple[str, ...]:
+    return ("seq", "prev_hash", "record_hash", *(f for f in fields if f not in ("seq", "prev_hash")), "canonical_json")
+
+
+_CSV_COLUMNS = _csv_columns(RECORD_FIELDS)
+# Exports written before a record format change keep their header, and verify as they are.
+_KNOWN_CSV_HEADERS = {_csv_columns(fields) for fields in FIELDS_BY_VERSION.values()}
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -60,9 +66,10 @@ def _csv_cell(value: Any) -> str:
     return canonical_json(value)
 
 
-def _csv_row(seq: int, prev_hash: str, record_hash: str, content: str) -> list[str]:
+def _csv_row(seq: int, prev_hash: str, record_hash: str, content: str,
+             columns: tuple[str, ...] = _CSV_COLUMNS) -> list[str]:
     body = json.loads(content)
-    return [str(seq), prev_hash, record_hash, *(_csv_cell(body.get(f)) for f in _CSV_COLUMNS[3:-1]), content]
+    return [str(seq), prev_hash, record_hash, *(_csv_cell(body.get(f)) for f in columns[3:-1]), content]
 
 
 def write_export(out: Path, fmt: ExportFormat, head: ChainHead, records: Iterable[StoredAuditRecord], *,
@@ -162,23 +169,24 @@ def _read_csv(path: Path) -> tuple[list[_ExportedRecord], dict[str, Any]]:
     with path.open(encoding="utf-8", newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
-        if header is None or tuple(header) != _CSV_COLUMNS:
+        if header is None or tuple(header) not in _KNOWN_CSV_HEADERS:
             raise _ExportUnreadable("the CSV header is not that of an Enclave audit export")
+        columns = tuple(header)
         for row_no, row in enumerate(reader, start=2):
             if trailer is not None:
                 raise _ExportUnreadable(f"row {row_no} follows the trailer")
-            if len(row) != len(_CSV_COLUMNS):
-                raise _ExportUnreadable(f"row {row_no} has {len(row)} columns, not {len(_CSV_COLUMNS)}")
+            if len(row) != len(columns):
+                raise _ExportUnreadable(f"row {row_no} has {len(row)} columns, not {len(columns)}")
             try:
                 if row[0] == "trailer":
                     trailer = json.loads(row[-1])
                     continue
                 rec = _ExportedRecord(int(row[0]), row[1], row[2], row[-1])
-                expected = _csv_row(rec.seq, rec.prev_hash, rec.record_hash, rec.content)
+                expected = _csv_row(rec.seq, rec.prev_hash, rec.record_hash, rec.content, columns)
             except (ValueError, AttributeError) as exc:
                 raise _ExportUnreadable(f"row {row_no} is not a valid export row ({type(exc).__name__})") from exc
             if row != expected:
-                column = next(c for c, got, want in zip(_CSV_COLUMNS, row, expected, strict=True) if got != want)
+                column = next(c for c, got, want in zip(columns, row, expected, strict=True) if got != want)
                 raise _ExportUnreadable(f"column {column} differs from canonical_json", seq=rec.seq)
             records.append(rec)
     if trailer is None:

@@ -29,7 +29,10 @@ import rfc8785
 from rag.errors import AuditIntegrityError
 
 GENESIS_HASH = "0" * 64
-RECORD_FORMAT_VERSION = 1
+# 2 added authenticated_via (how the caller's identity was verified) and llm_distribution (which
+# installed distribution provided the generator). Records keep the version they were written in.
+RECORD_FORMAT_VERSION = 2
+_ADDED_IN_V2 = ("authenticated_via", "llm_distribution")
 
 Kind = Literal["search", "ask", "chat"]
 Outcome = Literal["ok", "no_results", "invalid_answer", "error", "timeout"]
@@ -91,7 +94,10 @@ class AuditEntry:
 
     ``question_redacted`` is the question after redaction; ``question_hash`` is computed by the
     caller (a keyed hash if it is over the unredacted text). ``answer_hash`` is filled in from
-    ``answer`` when left empty. ``llm_model`` is the model name, or what the server reported.
+    ``answer`` when left empty. ``llm_model`` is the model name, or what the server reported;
+    ``llm_distribution`` the installed distribution (``name version``) whose generator answered.
+    ``authenticated_via`` says how the caller's identity was verified (``jwt``,
+    ``trusted-header``), or ``cli`` where an operator named the user on the command line.
     """
 
     request_id: str
@@ -102,6 +108,7 @@ class AuditEntry:
     outcome: Outcome
     latency_ms: float
     groups: tuple[str, ...] = ()
+    authenticated_via: str | None = None
     purpose: str | None = None
     chunks: tuple[RetrievedChunkRecord, ...] = ()
     policy_name: str = ""
@@ -110,6 +117,7 @@ class AuditEntry:
     embedding_model: str = ""
     embedding_model_hash: str = ""
     llm_backend: str | None = None
+    llm_distribution: str | None = None
     llm_model: str | None = None
     llm_weights_hash: str | None = None
     sampling: Mapping[str, SamplingValue] = field(default_factory=dict)
@@ -149,6 +157,7 @@ class AuditEntry:
             "kind": self.kind,
             "user": self.user,
             "groups": list(self.groups),
+            "authenticated_via": self.authenticated_via,
             "purpose": self.purpose,
             "question_redacted": self.question_redacted,
             "question_hash": self.question_hash,
@@ -159,6 +168,7 @@ class AuditEntry:
             "embedding_model": self.embedding_model,
             "embedding_model_hash": self.embedding_model_hash,
             "llm_backend": self.llm_backend,
+            "llm_distribution": self.llm_distribution,
             "llm_model": self.llm_model,
             "llm_weights_hash": self.llm_weights_hash,
             "sampling": dict(self.sampling),
@@ -174,8 +184,9 @@ class AuditEntry:
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> AuditEntry:
-        """Rebuild an entry from record content (as stored or exported)."""
+        """Rebuild an entry from record content (as stored or exported; v1 records lack the v2 fields)."""
         return cls(
+            authenticated_via=body.get("authenticated_via"), llm_distribution=body.get("llm_distribution"),
             ts=parse_iso(body["ts"]), request_id=body["request_id"], kind=body["kind"], user=body["user"],
             groups=tuple(body["groups"]), purpose=body["purpose"], question_redacted=body["question_redacted"],
             question_hash=body["question_hash"],
@@ -190,10 +201,15 @@ class AuditEntry:
         )
 
 
-# Top-level keys of a record's content, in export column order.
+# Top-level keys of a record's content, in export column order (the current format's).
 RECORD_FIELDS: tuple[str, ...] = ("v", "seq", "prev_hash", *AuditEntry(
     request_id="", kind="search", user="", question_redacted="", question_hash="", outcome="ok", latency_ms=0.0,
 ).to_json().keys())
+# The keys each format version's records carry.
+FIELDS_BY_VERSION: dict[int, tuple[str, ...]] = {
+    1: tuple(f for f in RECORD_FIELDS if f not in _ADDED_IN_V2),
+    2: RECORD_FIELDS,
+}
 
 
 @dataclass(frozen=True)
@@ -282,7 +298,10 @@ def record_problem(seq: int, prev_hash: str, record_hash: str, content: str) -> 
         return f"content says seq {body.get('seq')!r} but it is stored as seq {seq} (records moved)"
     if body.get("prev_hash") != prev_hash:
         return "prev_hash column differs from the prev_hash in the content"
-    missing = set(RECORD_FIELDS) - body.keys()
+    # A record carries at least the first format's fields, and those its version added since.
+    version = body.get("v")
+    required = FIELDS_BY_VERSION.get(version, FIELDS_BY_VERSION[1]) if type(version) is int else FIELDS_BY_VERSION[1]
+    missing = set(required) - body.keys()
     if missing:
         return f"content lacks fields {sorted(missing)}"
     return None

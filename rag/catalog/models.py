@@ -76,6 +76,8 @@ class Chunk(Base):
     ordinal: Mapped[int] = mapped_column(Integer)
     text: Mapped[str] = mapped_column(Text)  # redacted
     content_hash: Mapped[str] = mapped_column(String(64))
+    # Never written since section titles stopped being kept (they were document text nobody read);
+    # the column stays so existing catalogs need no table rebuild.
     title: Mapped[str | None] = mapped_column(Text, nullable=True)
     page: Mapped[int | None] = mapped_column(Integer, nullable=True)
     access: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -114,10 +116,12 @@ class IngestionRun(Base):
     dagster_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    status: Mapped[str] = mapped_column(String(20), default="running")
+    status: Mapped[str] = mapped_column(String(20), default="running")  # running | completed | failed
     policy_name: Mapped[str] = mapped_column(String(100))
     policy_hash: Mapped[str] = mapped_column(String(64))
     counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # what the run set out to process: uris, hashes, sizes and access rules (never text)
     manifest: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # why a failed run failed: an error class and message or a check's verdict (never document text)
+    failure: Mapped[str | None] = mapped_column(Text, nullable=True)

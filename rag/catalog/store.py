@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from rag.catalog.models import Chunk, Document, IngestionRun, QuarantineRecord, Source, utcnow
 from rag.database import make_engine, upgrade_schema
+from rag.errors import IndexIntegrityError
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -47,7 +48,6 @@ class NewChunk:
     ordinal: int
     text: str
     content_hash: str
-    title: str | None
     page: int | None
     entity_counts: dict[str, int]
     # True when the redacting worker's last detection pass over exactly this text found nothing;
@@ -122,18 +122,26 @@ class CatalogStore:
             s.flush()
             return run.id
 
-    def update_run(self, run_id: int, counts: dict[str, Any], status: str | None = None,
-                   seconds: float | None = None) -> None:
+    def update_run(self, run_id: int, counts: dict[str, Any], manifest: dict[str, Any] | None = None) -> None:
+        """Merge one step's counts into the run's; ``manifest`` replaces what the run set out to do."""
+        with self.session() as s, s.begin():
+            run = s.get(IngestionRun, run_id)
+            if run is not None:
+                run.counts = {**(run.counts or {}), **counts}
+                if manifest is not None:
+                    run.manifest = manifest
+
+    def finish_run(self, run_id: int, status: str, failure: str | None = None) -> None:
+        """Record how a run ended and how long it took. A later verdict replaces an earlier one:
+        a run its last asset completed still fails if a check after it fails."""
         with self.session() as s, s.begin():
             run = s.get(IngestionRun, run_id)
             if run is None:
                 return
-            run.counts = {**(run.counts or {}), **counts}
-            if status is not None:
-                run.status = status
-                run.finished_at = utcnow()
-            if seconds is not None:
-                run.seconds = seconds
+            finished = utcnow()
+            started = run.started_at if run.started_at.tzinfo else run.started_at.replace(tzinfo=finished.tzinfo)
+            run.status, run.failure, run.finished_at = status, failure, finished
+            run.seconds = round((finished - started).total_seconds(), 3)
 
     def run(self, run_id: int) -> IngestionRun | None:
         with self.session() as s:
@@ -191,7 +199,7 @@ class CatalogStore:
             doc.entity_counts, doc.updated_at = counts, utcnow()
             s.flush()
             s.add_all(Chunk(document_id=doc.id, document_version=doc.version, ordinal=c.ordinal, text=c.text,
-                            content_hash=c.content_hash, title=c.title, page=c.page, access=access,
+                            content_hash=c.content_hash, page=c.page, access=access,
                             policy_name=policy_name, policy_hash=policy_hash, entity_counts=c.entity_counts,
                             pii_checked=c.pii_checked)
                       for c in chunks)
@@ -258,13 +266,16 @@ class CatalogStore:
         with self.session() as s:
             return np.fromiter(s.scalars(select(Chunk.id).order_by(Chunk.id)), dtype=np.int64)
 
-    def embeddings_for(self, ids: Sequence[int], dim: int) -> np.ndarray:
+    def embeddings_for(self, ids: Sequence[int] | np.ndarray, dim: int) -> np.ndarray:
         out = np.empty((len(ids), dim), dtype=np.float32)
         pos = {int(cid): i for i, cid in enumerate(ids)}
         with self.session() as s:
             for start in range(0, len(ids), 900):
                 batch = [int(x) for x in ids[start:start + 900]]
                 for cid, blob in s.execute(select(Chunk.id, Chunk.embedding).where(Chunk.id.in_(batch))):
+                    if blob is None:  # asked for by id after embedded_chunk_ids: re-embedded meanwhile
+                        raise IndexIntegrityError(f"chunk {cid} lost its embedding while the index was synced; "
+                                                  "run ingestion again")
                     out[pos[cid]] = np.frombuffer(blob, dtype=np.float32)
         return out
 

@@ -19,12 +19,19 @@ from rag.cli.audit import audit
 from rag.cli.eval import eval_group
 from rag.cli.ingest import chunks, ingest, status
 from rag.cli.query import ask, search, serve
+from rag.config import load_settings
 from rag.errors import EnclaveError
+
+# Commands that read documents or questions: in production they need the real secrets first.
+_NEEDS_SECRETS = frozenset({"ingest", "search", "ask", "serve", "eval"})
 
 
 @click.group()
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Enclave: RAG over your own documents, on your own hardware."""
+    if ctx.invoked_subcommand in _NEEDS_SECRETS:
+        load_settings().require_secrets(serving=ctx.invoked_subcommand == "serve")
 
 
 for _command in (ingest, status, chunks, search, ask, serve, audit, eval_group):

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
 from rag.config import load_settings
+
+if TYPE_CHECKING:
+    from rag.audit import ExportFormat
 
 
 @click.group()
@@ -60,5 +63,6 @@ def audit_export(since: str | None, until: str | None, user: str | None, fmt: st
 
     log = AuditLog(load_settings().audit_database_url)
     log.migrate()
-    n = log.export(Path(out_file), since=_when(since), until=_when(until), user=user, fmt=fmt)  # type: ignore[arg-type]
+    n = log.export(Path(out_file), since=_when(since), until=_when(until), user=user,
+                   fmt=cast("ExportFormat", fmt))  # click.Choice allowed only jsonl or csv
     click.echo(f"exported {n} records to {out_file}")

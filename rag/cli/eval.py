@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING, cast
 
 import click
 
 from rag.cli.display import rate, report_out
-from rag.cli.options import split_groups
+from rag.cli.options import parse_groups
 from rag.config import load_settings
+
+if TYPE_CHECKING:
+    from rag.retrieval import Mode
 
 
 @click.group("eval")
@@ -29,13 +33,13 @@ def eval_group() -> None:
 @click.option("--mode", "modes", multiple=True, type=click.Choice(["dense", "bm25", "hybrid"]),
               help="Repeat for several; all three by default.")
 @click.option("--user", default="evaluation", show_default=True, help="Who searches (recorded in the audit log).")
-@click.option("--groups", default="", help="Comma-separated groups of that user.")
+@click.option("--groups", callback=parse_groups, default="", help="Comma-separated groups of that user.")
 @click.option("--run-out", default=None, type=click.Path(dir_okay=False),
               help="TREC run file (FILE.MODE for each mode when there are several).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
 @click.option("--html", "html_file", default=None, type=click.Path(dir_okay=False), help="Write an HTML report.")
-def eval_retrieval(topics_file: str, qrels_file: str, k: int, modes: tuple[str, ...], user: str, groups: str,
-                   run_out: str | None, as_json: bool, html_file: str | None) -> None:
+def eval_retrieval(topics_file: str, qrels_file: str, k: int, modes: tuple[str, ...], user: str,
+                   groups: tuple[str, ...], run_out: str | None, as_json: bool, html_file: str | None) -> None:
     """MAP, P@10, P@30, nDCG@10, recall@100 per mode over the ingested corpus (searches are audited)."""
     from pathlib import Path
 
@@ -47,8 +51,8 @@ def eval_retrieval(topics_file: str, qrels_file: str, k: int, modes: tuple[str, 
     topics, qrels = read_topics(Path(topics_file)), read_qrels(Path(qrels_file))
     engine = QueryEngine(load_settings())
     try:
-        reports = ev.evaluate_modes(engine, topics, qrels, modes or ("dense", "bm25", "hybrid"),  # type: ignore[arg-type]
-                                    k, user, split_groups(groups))
+        chosen = cast("tuple[Mode, ...]", modes or ("dense", "bm25", "hybrid"))  # click.Choice checked them
+        reports = ev.evaluate_modes(engine, topics, qrels, chosen, k, user, list(groups))
     finally:
         engine.close()
     data = ev.to_json(reports, topics, qrels, k)
@@ -147,13 +151,14 @@ def eval_pii(docs_dir: str, labels_file: str, policy: str, must_file: str | None
 @click.option("--source", "source_name", default="", help="Catalog name of that source (default: directory name).")
 @click.option("--probes", "probes_file", required=True, type=click.Path(exists=True, dir_okay=False),
               help='JSONL: {"user": ..., "groups": [...], "question": ...} per probe.')
-@click.option("--default-groups", default="", help="The --groups ingestion was given, for files without a rule.")
+@click.option("--default-groups", callback=parse_groups, default="",
+              help="The --groups ingestion was given, for files without a rule.")
 @click.option("--default-public", is_flag=True, help="Ingestion was given --public, for files without a rule.")
 @click.option("--no-ask", is_flag=True, help="Check search hits only (no model calls).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
 @click.option("--html", "html_file", default=None, type=click.Path(dir_okay=False), help="Write an HTML report.")
-def eval_access(docs_dir: str, source_name: str, probes_file: str, default_groups: str, default_public: bool,
-                no_ask: bool, as_json: bool, html_file: str | None) -> None:
+def eval_access(docs_dir: str, source_name: str, probes_file: str, default_groups: tuple[str, ...],
+                default_public: bool, no_ask: bool, as_json: bool, html_file: str | None) -> None:
     """Probe (user, groups, question) against the ingested DOCS; leaks must be 0 (exit 1 otherwise)."""
     from pathlib import Path
 
@@ -165,7 +170,7 @@ def eval_access(docs_dir: str, source_name: str, probes_file: str, default_group
     if default_public and default_groups:
         raise click.UsageError("give --default-groups or --default-public, not both")
     default = (AccessRule(public=True) if default_public
-               else AccessRule(groups=frozenset(split_groups(default_groups))) if default_groups else None)
+               else AccessRule(groups=frozenset(default_groups)) if default_groups else None)
     probes, rules = read_probes(Path(probes_file)), source_rules(Path(docs_dir), default)
     engine = QueryEngine(load_settings())
     try:

@@ -13,7 +13,7 @@ import sys
 import click
 
 from rag.cli.display import echo_counts
-from rag.cli.options import split_groups
+from rag.cli.options import parse_groups
 from rag.config import load_settings
 
 
@@ -21,16 +21,18 @@ from rag.config import load_settings
 @click.argument("path", type=click.Path(exists=True, file_okay=False))
 @click.option("--source", "source_name", default="", help="Catalog name of the source (default: directory name).")
 @click.option("--policy", default="", help="Redaction policy name (policies/NAME.yaml) or file.")
-@click.option("--groups", default="", help="Comma-separated groups for documents without an .access.json.")
+@click.option("--groups", callback=parse_groups, default="",
+              help="Comma-separated groups for documents without an .access.json.")
 @click.option("--public", is_flag=True, help="Documents without an .access.json are public.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def ingest(path: str, source_name: str, policy: str, groups: str, public: bool, progress: bool) -> None:
+def ingest(path: str, source_name: str, policy: str, groups: tuple[str, ...], public: bool,
+           progress: bool) -> None:
     """Ingest the documents under PATH: parse, redact, embed, index (incremental)."""
     if public and groups:
         raise click.UsageError("give --groups or --public, not both")
     from rag.ingest import ingest_runner
 
-    outcome = ingest_runner()(path, source_name=source_name, policy=policy, groups=split_groups(groups),
+    outcome = ingest_runner()(path, source_name=source_name, policy=policy, groups=list(groups),
                               public=public, progress=progress and sys.stderr.isatty())
     c = outcome.counts
     summary = {
@@ -49,8 +51,10 @@ def ingest(path: str, source_name: str, policy: str, groups: str, public: bool, 
 @click.option("--quarantine", is_flag=True, help="List quarantined files with their reasons.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(quarantine: bool, as_json: bool) -> None:
-    """What the catalog holds: documents, chunks, quarantine, PII removed by type."""
+    """What the catalog holds: documents, chunks, quarantine, PII removed by type; the faiss build in use."""
     from rag.catalog.store import CatalogStore
+    from rag.errors import ConfigurationError
+    from rag.index import faiss_build
 
     settings = load_settings()
     catalog = CatalogStore(settings.database_url)
@@ -71,6 +75,14 @@ def status(quarantine: bool, as_json: bool) -> None:
             "quarantined": counts.quarantined, "quarantine_by_reason": counts.quarantine_by_reason,
             "pii_removed_by_type": counts.entities_removed,
             "last_run": latest.status if latest else "none"}
+    try:
+        data["index_backend"] = faiss_build().describe()
+    except ConfigurationError as exc:
+        data["index_backend"] = f"unavailable: {exc}"
+    if latest is not None:
+        data["last_run_seconds"] = latest.seconds
+        if latest.failure:
+            data["last_run_failure"] = latest.failure
     if as_json:
         click.echo(json.dumps(data, indent=2))
     else:

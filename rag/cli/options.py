@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import click
 
-def split_groups(groups: str) -> list[str]:
-    return [g.strip() for g in groups.split(",") if g.strip()]
+
+def parse_groups(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, ...]:
+    """``--groups a,b``: parsed once, here, into a tuple of group names (blanks dropped)."""
+    return tuple(g.strip() for g in value.split(",") if g.strip())

@@ -9,20 +9,20 @@ record an outcome instead of letting an exception escape.
 
 Built-ins register by name (``llamacpp``, ``openai``, ``vllm``); third-party generators
 register a factory ``(Settings) -> Generator`` under the ``enclave.generators`` entry-point
-group. Backend modules are imported only when chosen, so optional heavy dependencies stay
-optional.
+group and load only when listed in ``ENCLAVE_PLUGINS`` (:mod:`rag.plugins`). Backend modules
+are imported only when chosen, so optional heavy dependencies stay optional.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from rag.errors import ConfigurationError, GenerationError
+from rag.plugins import GENERATORS, distribution_of, load_plugin
 
 if TYPE_CHECKING:
     from rag.config import Settings
@@ -109,38 +109,46 @@ _BUILT_INS: dict[str, str] = {
     "openai": "rag.llm.openai_compat:generator_from_settings",
     "vllm": "rag.llm.vllm_engine:generator_from_settings",
 }
-_LOADED: dict[str, GeneratorFactory] = {}
+_LOADED: dict[str, tuple[GeneratorFactory, str]] = {}
 
-ENTRY_POINT_GROUP = "enclave.generators"
+ENTRY_POINT_GROUP = GENERATORS
 
 
 def register_generator(name: str, factory: GeneratorFactory) -> None:
     """Register a generator factory under ``name`` (for code that cannot ship an entry point)."""
-    _LOADED[name] = factory
+    _LOADED[name] = (factory, distribution_of(factory))
 
 
-def generator_factory(name: str) -> GeneratorFactory:
-    """The factory registered as ``name``: a built-in, or one under ``enclave.generators``."""
+def _resolve(name: str, allowed: Collection[str]) -> tuple[GeneratorFactory, str]:
     if name in _LOADED:
         return _LOADED[name]
     if name in _BUILT_INS:
         module_name, _, attribute = _BUILT_INS[name].partition(":")
         factory: GeneratorFactory = getattr(importlib.import_module(module_name), attribute)
+        resolved = (factory, distribution_of(factory))
     else:
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name == name:
-                factory = ep.load()
-                break
-        else:
+        plugin = load_plugin(ENTRY_POINT_GROUP, name, allowed)
+        if plugin is None:
             known = ", ".join(sorted({*_BUILT_INS, *_LOADED}))
             raise ConfigurationError(
                 f"no generator named {name!r} (built-in: {known}; others register under the "
-                f"{ENTRY_POINT_GROUP!r} entry-point group)"
+                f"{ENTRY_POINT_GROUP!r} entry-point group and are listed in ENCLAVE_PLUGINS)"
             )
-    _LOADED[name] = factory
-    return factory
+        resolved = (plugin.value, plugin.distribution)
+    _LOADED[name] = resolved
+    return resolved
+
+
+def generator_factory(name: str, allowed: Collection[str] = ()) -> GeneratorFactory:
+    """The factory registered as ``name``: a built-in, or an allowed plugin under ``enclave.generators``."""
+    return _resolve(name, allowed)[0]
+
+
+def generator_distribution(name: str, allowed: Collection[str] = ()) -> str:
+    """``name version`` of the distribution that provides the generator ``name`` (what the audit log names)."""
+    return _resolve(name, allowed)[1]
 
 
 def generator_for(settings: Settings, name: str | None = None) -> Generator:
-    """Build the generator chosen by ``settings.llm_backend`` (or ``name``)."""
-    return generator_factory(name or settings.llm_backend)(settings)
+    """Build the generator chosen by ``settings.llm_backend`` (or ``name``); plugins need ENCLAVE_PLUGINS."""
+    return generator_factory(name or settings.llm_backend, settings.allowed_plugins)(settings)

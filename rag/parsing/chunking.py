@@ -16,17 +16,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ParsedChunk:
-    """One chunk of a document. ``text`` and ``title`` are document text: redact both."""
+    """One chunk of a document. ``text`` is document text: it leaves a worker only redacted."""
 
     text: str
     ordinal: int
-    title: str | None
     page: int | None
 
 
 def chunk_elements(elements: list[Element], limits: ParseLimits) -> list[ParsedChunk]:
     from unstructured.chunking.title import chunk_by_title
-    from unstructured.documents.elements import Title
 
     elements = [e for e in elements if e.text and e.text.strip()]
     if not elements:
@@ -37,22 +35,17 @@ def chunk_elements(elements: list[Element], limits: ParseLimits) -> list[ParsedC
         max_characters=max_chars,
         new_after_n_chars=int(max_chars * 0.8),
         combine_text_under_n_chars=int(max_chars * 0.5),
-        include_orig_elements=True,
+        include_orig_elements=False,
     )
     tokenizer = _word_piece_tokenizer(limits.tokenizer_dir)
     chunks: list[ParsedChunk] = []
-    title: str | None = None
     for element in composite:
         text = element.text.strip()
         if not text:
             continue
-        originals = element.metadata.orig_elements or []
-        titles = [o.text.strip() for o in originals if isinstance(o, Title) and o.text.strip()]
-        if titles:
-            title = titles[0][:max_chars]
         pieces = _fit_tokens(text, tokenizer, limits.chunk_max_tokens) if tokenizer is not None else [text]
         for piece in pieces:
-            chunks.append(ParsedChunk(text=piece, ordinal=len(chunks), title=title, page=element.metadata.page_number))
+            chunks.append(ParsedChunk(text=piece, ordinal=len(chunks), page=element.metadata.page_number))
     return chunks
 
 

@@ -201,10 +201,7 @@ def _partition_pdf(data: bytes) -> list[Element]:
     return elements
 
 
-def _unsupported_doc(data: bytes) -> list[Element]:
-    raise QuarantinedError(QuarantineReason.UNSUPPORTED, "legacy Word .doc needs LibreOffice, not installed")
-
-
+# No "doc": the guards quarantine every legacy .doc (rag.parsing.guards) before a partitioner is chosen.
 PARTITIONERS: dict[str, Callable[[bytes], list[Element]]] = {
     "txt": _partition_txt,
     "md": _partition_md,
@@ -215,7 +212,6 @@ PARTITIONERS: dict[str, Callable[[bytes], list[Element]]] = {
     "tsv": _partition_tsv,
     "pdf": _partition_pdf,
     "docx": _partition_docx,
-    "doc": _unsupported_doc,
     "pptx": _partition_pptx,
     "xlsx": _partition_xlsx,
     "eml": _partition_eml,

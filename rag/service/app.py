@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 
 from rag.config import Settings, load_settings
 from rag.errors import AuthenticationError, EnclaveError
+from rag.index import faiss_build
 from rag.query import QueryEngine
 from rag.service import serving
 from rag.service.auth import Principal, principal_from_headers
@@ -32,14 +33,17 @@ from rag.service.protocol import (
 log = logging.getLogger(__name__)
 
 
-def _error(status: int, kind: str, message: str, request_id: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error(status: int, kind: str, message: str, request_id: str,
+           headers: dict[str, str] | None = None) -> JSONResponse:
     body = {"error": {"type": kind, "message": message, "request_id": request_id}}
     return JSONResponse(status_code=status, content=body, headers=headers)
 
 
-def create_app(settings: Settings | None = None, engine_factory: Callable[[Settings], QueryEngine] | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None,
+               engine_factory: Callable[[Settings], QueryEngine] | None = None) -> FastAPI:
     settings = settings or load_settings()
-    settings.require_secrets()
+    settings.require_secrets(serving=True)
+    index_backend = faiss_build().describe()  # refuses to start without faiss, or with two builds installed
     factory = engine_factory or (lambda s: QueryEngine(s))
     registry = CollectorRegistry()
     requests = Counter("enclave_requests_total", "Requests by route and outcome", ["route", "outcome"],
@@ -49,6 +53,7 @@ def create_app(settings: Settings | None = None, engine_factory: Callable[[Setti
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        log.info("starting with index backend %s", index_backend)
         engine = factory(settings)
         engine.warm_up()
         app.state.engine = engine
@@ -96,7 +101,7 @@ def create_app(settings: Settings | None = None, engine_factory: Callable[[Setti
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+        return {"status": "ok", "index_backend": index_backend}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     def metrics() -> PlainTextResponse:

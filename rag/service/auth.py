@@ -23,7 +23,7 @@ GROUPS_HEADER = "x-enclave-groups"
 class Principal:
     user: str
     groups: tuple[str, ...]
-    via: str  # "jwt" | "trusted-header"
+    via: str  # how the identity was verified, "jwt" | "trusted-header": recorded in every audit record
 
 
 def principal_from_token(token: str, settings: Settings) -> Principal:

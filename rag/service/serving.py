@@ -32,7 +32,7 @@ def _citations(out: AuditedAnswer) -> list[Citation]:
 
 def search(engine: QueryEngine, who: Principal, req: SearchRequest, request_id: str) -> SearchResponse:
     out = engine.search(req.question, user=who.user, groups=list(who.groups), k=req.k, mode=req.mode,
-                        purpose=req.purpose, request_id=request_id)
+                        purpose=req.purpose, request_id=request_id, via=who.via)
     hits = [SearchHit(chunk_id=h.chunk_id, document_id=h.document_id, document_version=h.document_version,
                       source_uri=h.source_uri, score=h.score, text=h.text) for h in out.result.hits]
     return SearchResponse(request_id=out.request_id, audit_id=out.audit.seq, question_redacted=out.result.question,
@@ -41,7 +41,7 @@ def search(engine: QueryEngine, who: Principal, req: SearchRequest, request_id: 
 
 def ask(engine: QueryEngine, who: Principal, req: AskRequest, request_id: str) -> AskResponse:
     out = engine.ask(req.question, user=who.user, groups=list(who.groups), k=req.k, purpose=req.purpose,
-                     request_id=request_id)
+                     request_id=request_id, via=who.via)
     return AskResponse(request_id=out.request_id, audit_id=out.audit.seq, outcome=out.answer.outcome,
                        answer=out.answer.text, citations=_citations(out))
 
@@ -58,7 +58,8 @@ def _question_of(req: ChatCompletionRequest) -> str:
 def chat(engine: QueryEngine, who: Principal, req: ChatCompletionRequest,
          request_id: str) -> tuple[dict[str, Any], AuditedAnswer]:
     question = _question_of(req)
-    out = engine.ask(question, user=who.user, groups=list(who.groups), kind="chat", request_id=request_id)
+    out = engine.ask(question, user=who.user, groups=list(who.groups), kind="chat", request_id=request_id,
+                     via=who.via)
     gen = out.answer.generation
     body = {
         "id": f"chatcmpl-{out.request_id}", "object": "chat.completion", "created": int(time.time()),
