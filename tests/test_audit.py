@@ -55,7 +55,7 @@ def make_entry(i: int, *, user: str | None = None, ts: datetime | None = None) -
         purpose="treatment" if i % 2 else None,
         question_redacted=f"What dose for <PERSON> case {i}?",
         question_hash=hashlib.sha256(f"q{i}".encode()).hexdigest(),
-        outcome=("ok", "no_results", "ok", "invalid_answer")[i % 4],  # type: ignore[arg-type]
+        outcome=("ok", "no_results", "ok", "invalid_answer")[i % 4],  # type: ignore[arg-type]  # each one an Outcome
         latency_ms=12.5 + i,
         chunks=(RetrievedChunkRecord(10 * i + 1, i, 1, "a" * 64, 0.91, True),
                 RetrievedChunkRecord(10 * i + 2, i + 1, 3, "b" * 64, 0.42, False)),
@@ -379,7 +379,7 @@ def test_export_filtered_by_user_and_time_holds_only_those_records_and_verifies(
         filled_log: AuditLog, tmp_path: Path, fmt: str) -> None:
     out = tmp_path / f"bob.{fmt}"
     since, until = T0 + timedelta(minutes=1), T0 + timedelta(minutes=7)
-    count = filled_log.export(out, since=since, until=until, user="bob", fmt=fmt)  # type: ignore[arg-type]
+    count = filled_log.export(out, since=since, until=until, user="bob", fmt=fmt)  # type: ignore[arg-type]  # parametrized with jsonl and csv
     expected = [r.seq for r in filled_log.records() if r.user == "bob" and r.ts is not None and since <= r.ts < until]
     assert count == len(expected) == 2
     seqs = _export_seqs(out)

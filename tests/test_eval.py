@@ -237,7 +237,7 @@ def test_access_eval_finds_no_leak_and_leaves_other_sources_unjudged(ingested: I
 def test_prompt_passages_and_citations_are_checked_too(ingested: Ingested,
                                                        smollm2_generator: object) -> None:  # noqa: F811
     settings = Settings(home=ingested.home, llm_max_tokens=48, llm_context_tokens=2048)
-    engine = QueryEngine(settings, generator=smollm2_generator)  # type: ignore[arg-type]
+    engine = QueryEngine(settings, generator=smollm2_generator)  # type: ignore[arg-type]  # the fixture is a LlamaCppGenerator
     try:
         probes = read_probes(FIXTURES / "probes.jsonl")[:2]  # an oncology user, then a finance user
         report = check_access(engine, probes, source_rules(ingested.docs), source_documents(engine.catalog, "eval"))

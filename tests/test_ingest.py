@@ -27,6 +27,7 @@ from rag.ingest import (
     redact_run,
     run_counts,
     run_ingestion,
+    start_run,
 )
 
 
@@ -42,8 +43,11 @@ def test_each_step_runs_on_its_own_and_leaves_the_catalog_where_the_next_one_sta
     catalog, options = components.catalog, components.redaction
     connector = FileShareSource(sample_corpus, name="sample")
 
-    planned = plan_run(connector, "filesystem", str(sample_corpus), catalog, components.policy("hipaa"),
-                       components.version, options.policies_dir, dagster_run_id="dagster-run-1")
+    run_id = start_run(connector, "filesystem", str(sample_corpus), catalog, components.policy("hipaa"),
+                       components.version, dagster_run_id="dagster-run-1")
+    started = catalog.run(run_id)
+    assert started is not None and started.status == "running"
+    planned = plan_run(run_id, connector, catalog, options.policies_dir)
     assert planned.manifest.counts() == RunCounts(new=7)
     assert planned.policy.name == "hipaa" and Path(planned.policy.file).name == "hipaa.yaml"
     assert planned_run(catalog, "dagster-run-1") == planned  # what the next asset reads back

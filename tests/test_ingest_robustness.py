@@ -49,8 +49,8 @@ def test_the_shared_corpus_ingests_with_every_failure_quarantined(enclave_home: 
     assert out.success, out.failure
     snap = _snapshot(enclave_home)
     files = {p.name for p in docs_dir.iterdir() if p.is_file() and not p.name.startswith(".")}
-    stored = {u for u, _ in snap["docs"]}  # type: ignore[attr-defined]
-    quarantined = dict(snap["quarantined"])  # type: ignore[call-overload]
+    stored = {u for u, _ in snap["docs"]}  # type: ignore[attr-defined]  # _snapshot values are plain objects
+    quarantined = dict(snap["quarantined"])  # type: ignore[call-overload]  # _snapshot values are plain objects
     assert stored | set(quarantined) == files and not stored & set(quarantined)
     assert all(reason for reason in quarantined.values())
     assert len(stored) >= 140
@@ -102,7 +102,7 @@ def test_a_killed_ingestion_resumes_to_the_same_catalog_and_index(tmp_path: Path
 
     a, b = _snapshot(killed_home), _snapshot(clean_home)
     assert a["chunks"] == b["chunks"]  # no lost and no duplicated chunks
-    assert len(a["chunks"]) == len(set(a["chunks"]))  # type: ignore[arg-type]
+    assert len(a["chunks"]) == len(set(a["chunks"]))  # type: ignore[arg-type]  # _snapshot values are plain objects
     assert a["docs"] == b["docs"]
     assert a["index_ids"] == a["ids"]
 

@@ -52,7 +52,7 @@ SCHEMA = answer_schema(["P1", "P2"], Answerer.ANSWER_CHARS_PER_TOKEN * PARAMS.ma
 
 
 def messages_and_schema() -> tuple[list[dict[str, str]], dict[str, Any]]:
-    answerer = Answerer(generator=None, params=PARAMS, max_context_chars=4000)  # type: ignore[arg-type]
+    answerer = Answerer(generator=None, params=PARAMS, max_context_chars=4000)  # type: ignore[arg-type]  # only the prompt is built, no model
     return answerer.build_messages(QUESTION, PASSAGES), SCHEMA
 
 
@@ -60,7 +60,7 @@ def assert_schema_valid_reply(text: str) -> dict[str, Any]:
     reply = json.loads(text)
     jsonschema.validate(reply, SCHEMA)
     assert set(reply["citations"]) <= {"P1", "P2"}
-    return reply  # type: ignore[no-any-return]
+    return reply  # type: ignore[no-any-return]  # json.loads of a schema-checked reply
 
 
 # --- the bundled model ---------------------------------------------------------------------

@@ -50,8 +50,8 @@ def test_first_ingest_indexes_every_chunk_and_quarantines_the_empty_file(enclave
     assert (run.status, run.failure, run.dagster_run_id) == ("completed", None, out.dagster_run_id)
     assert run.seconds is not None and run.seconds > 0 and run.finished_at is not None
     state = _state(enclave_home)
-    assert len(state["documents"]) == 6  # type: ignore[arg-type]
-    assert state["index_ids"] == [c[0] for c in state["chunks"]]  # type: ignore[union-attr]
+    assert len(state["documents"]) == 6  # type: ignore[arg-type]  # _state values are plain objects
+    assert state["index_ids"] == [c[0] for c in state["chunks"]]  # type: ignore[union-attr]  # _state values are plain objects
 
 
 def test_reingest_of_an_unchanged_tree_writes_nothing(enclave_home: Path, sample_corpus: Path) -> None:
@@ -75,15 +75,15 @@ def test_changed_and_deleted_files_are_reflected_in_catalog_and_index(enclave_ho
     assert out.success
     assert (out.counts.changed, out.counts.deleted) == (1, 1)
     after = _state(enclave_home)
-    uris = {d[0]: d for d in after["documents"]}  # type: ignore[union-attr]
+    uris = {d[0]: d for d in after["documents"]}  # type: ignore[union-attr]  # _state values are plain objects
     assert "hr/leave-policy.csv" not in uris
     assert uris["staff-handbook.txt"][2] == 2  # version bumped
-    old_ids = {c[0] for c in before["chunks"]}  # type: ignore[union-attr]
-    new_ids = {c[0] for c in after["chunks"]}  # type: ignore[union-attr]
+    old_ids = {c[0] for c in before["chunks"]}  # type: ignore[union-attr]  # _state values are plain objects
+    new_ids = {c[0] for c in after["chunks"]}  # type: ignore[union-attr]  # _state values are plain objects
     assert after["index_ids"] == sorted(new_ids)
     assert new_ids - old_ids, "the changed document got new chunks"
     # chunk ids of the deleted and replaced documents are gone from the index, never reused
-    assert not (old_ids - new_ids) & set(after["index_ids"])  # type: ignore[arg-type]
+    assert not (old_ids - new_ids) & set(after["index_ids"])  # type: ignore[arg-type]  # _state values are plain objects
 
 
 def test_a_changed_access_rule_retags_chunks_without_reprocessing(enclave_home: Path, sample_corpus: Path) -> None:

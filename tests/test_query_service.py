@@ -59,7 +59,7 @@ def ingested(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 
 @pytest.fixture(scope="module")
 def engine(ingested: Settings, smollm2_generator: object) -> Iterator[QueryEngine]:  # noqa: F811
-    eng = QueryEngine(ingested, generator=smollm2_generator)  # type: ignore[arg-type]
+    eng = QueryEngine(ingested, generator=smollm2_generator)  # type: ignore[arg-type]  # the fixture is a LlamaCppGenerator
     eng.warm_up()
     yield eng
     eng.close()
@@ -75,7 +75,7 @@ def _audit_count(settings: Settings) -> int:
 def test_finance_user_never_sees_oncology_documents(engine: QueryEngine) -> None:
     for q in ONCOLOGY_QUESTIONS:
         for mode in ("hybrid", "dense", "bm25"):
-            out = engine.search(q, user="fin1", groups=["finance"], k=20, mode=mode)  # type: ignore[arg-type]
+            out = engine.search(q, user="fin1", groups=["finance"], k=20, mode=mode)  # type: ignore[arg-type]  # each a Mode
             uris = {h.source_uri for h in out.result.hits}
             assert not any(u.startswith(("oncology/", "hr/")) or u == "staff-handbook.txt" for u in uris), (q, uris)
 
@@ -148,7 +148,7 @@ def test_ask_in_process_returns_citations_from_the_retrieved_passages(engine: Qu
 
 
 def test_ask_through_a_real_openai_compatible_server(ingested: Settings, llama_server: object) -> None:  # noqa: F811
-    gen = OpenAICompatibleGenerator(llama_server.base_url, llama_server.model, timeout_s=120)  # type: ignore[attr-defined]
+    gen = OpenAICompatibleGenerator(llama_server.base_url, llama_server.model, timeout_s=120)  # type: ignore[attr-defined]  # fixture object
     eng = QueryEngine(ingested, generator=gen)
     try:
         out = eng.ask("When are wards open to visitors?", user="u", groups=["staff"])
@@ -184,7 +184,7 @@ def server(ingested: Settings, engine: QueryEngine) -> Iterator[str]:
     port = free_loopback_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     # the shared engine must outlive this server: close() is the module fixture's job
-    engine_close, engine.close = engine.close, lambda: None  # type: ignore[method-assign]
+    engine_close, engine.close = engine.close, lambda: None  # type: ignore[method-assign]  # the module fixture closes the shared engine
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -193,7 +193,7 @@ def server(ingested: Settings, engine: QueryEngine) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     srv.should_exit = True
     thread.join(timeout=10)
-    engine.close = engine_close  # type: ignore[method-assign]
+    engine.close = engine_close  # type: ignore[method-assign]  # the module fixture closes the shared engine
 
 
 def _token(settings: Settings, user: str, groups: list[str]) -> dict[str, str]:

@@ -49,21 +49,21 @@ def install() -> None:
 
     def connect(self: socket.socket, address: object) -> None:
         _check(self, address)
-        return real_connect(self, address)  # type: ignore[arg-type]
+        return real_connect(self, address)  # type: ignore[arg-type]  # the guarded call passes its arguments on
 
     def connect_ex(self: socket.socket, address: object) -> int:
         _check(self, address)
-        return real_connect_ex(self, address)  # type: ignore[arg-type]
+        return real_connect_ex(self, address)  # type: ignore[arg-type]  # the guarded call passes its arguments on
 
     def getaddrinfo(host: object, *args: object, **kwargs: object) -> object:
         if not _is_local_host(host):
             raise EgressBlockedError(f"network egress blocked in tests: DNS lookup of {host!r}")
-        return real_getaddrinfo(host, *args, **kwargs)  # type: ignore[arg-type]
+        return real_getaddrinfo(host, *args, **kwargs)  # type: ignore[arg-type]  # the guarded call passes its arguments on
 
-    socket.socket.connect = connect  # type: ignore[method-assign]
-    socket.socket.connect_ex = connect_ex  # type: ignore[method-assign]
-    socket.getaddrinfo = getaddrinfo  # type: ignore[assignment]
-    socket._enclave_guarded = True  # type: ignore[attr-defined]
+    socket.socket.connect = connect  # type: ignore[method-assign]  # the guard replaces the socket method
+    socket.socket.connect_ex = connect_ex  # type: ignore[method-assign]  # the guard replaces the socket method
+    socket.getaddrinfo = getaddrinfo  # type: ignore[assignment]  # the guard replaces the resolver
+    socket._enclave_guarded = True  # type: ignore[attr-defined]  # marker on a foreign module
 
 
 if os.environ.get("ENCLAVE_BLOCK_EGRESS") == "1":
