@@ -279,7 +279,7 @@ def planned_run(catalog: CatalogStore, dagster_run_id: str) -> PlannedRun:
 
 
 def run_policy(catalog: CatalogStore, dagster_run_id: str | None = None) -> PolicyRef | None:
-    """The policy of the run of ``dagster_run_id``, else of the newest run that recorded one."""
+    """The policy the run of ``dagster_run_id`` pinned, else the newest run's (None before any run)."""
     run = (catalog.run_for_dagster(dagster_run_id) if dagster_run_id else None) or catalog.latest_run()
     return PolicyRef(**run.manifest["policy"]) if run is not None and "policy" in (run.manifest or {}) else None
 

@@ -71,14 +71,15 @@ def status(quarantine: bool, as_json: bool) -> None:
         return
     counts = catalog.counts()
     latest = catalog.latest_run()
-    data = {"documents": counts.documents, "chunks": counts.chunks, "embedded_chunks": counts.embedded_chunks,
-            "quarantined": counts.quarantined, "quarantine_by_reason": counts.quarantine_by_reason,
-            "pii_removed_by_type": counts.entities_removed,
-            "last_run": latest.status if latest else "none"}
+    data: dict[str, object] = {
+        "documents": counts.documents, "chunks": counts.chunks, "embedded_chunks": counts.embedded_chunks,
+        "quarantined": counts.quarantined, "quarantine_by_reason": counts.quarantine_by_reason,
+        "pii_removed_by_type": counts.entities_removed}
     try:
         data["index_backend"] = faiss_build().describe()
     except ConfigurationError as exc:
         data["index_backend"] = f"unavailable: {exc}"
+    data["last_run"] = latest.status if latest else "none"
     if latest is not None:
         data["last_run_seconds"] = latest.seconds
         if latest.failure:
