@@ -138,7 +138,8 @@ def test_object_tags_win_over_access_files(bucket: Bucket, tmp_path: Path) -> No
     bucket.put("letters/2026/cardio/private.txt", "Consultant note.", tags="enclave-groups=cardiology-consultants")
     bucket.put("letters/2026/leaflet.txt", "Visiting hours leaflet.", tags="enclave-public=true")
     rules = {d.uri: d.access for d in source(bucket, tmp_path, access_from_tags=True).scan()}
-    assert rules[uri(bucket, "letters/2026/cardio/private.txt")] == AccessRule(groups=frozenset({"cardiology-consultants"}))
+    consultants = AccessRule(groups=frozenset({"cardiology-consultants"}))
+    assert rules[uri(bucket, "letters/2026/cardio/private.txt")] == consultants
     assert rules[uri(bucket, "letters/2026/leaflet.txt")] == AccessRule(public=True)
     assert rules[uri(bucket, "letters/2026/cardio/echo.txt")] == AccessRule(groups=frozenset({"cardiology"}))
     untagged = {d.uri: d.access for d in source(bucket, tmp_path).scan()}
