@@ -14,6 +14,26 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from rag.errors import EnclaveError
+
+
+class ConnectorError(EnclaveError):
+    """A source could not be listed or read. The message names the source and what failed (an error
+    class or code), never document text, row values or credentials."""
+
+
+class InvalidAccessRuleError(ConnectorError):
+    """A source declares an access rule for a document, but it does not say who may see it."""
+
+
+class DocumentUnreadableError(ConnectorError, OSError):
+    """One document could not be read. An ``OSError`` too, so ingestion quarantines the document
+    (``read_error``) and goes on with the others."""
+
+
+class DocumentGoneError(DocumentUnreadableError, FileNotFoundError):
+    """The document left the source between ``scan()`` and ``read()``; the next scan deletes it."""
+
 
 @dataclass(frozen=True)
 class AccessRule:

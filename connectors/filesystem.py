@@ -14,7 +14,10 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from pydantic import Field
+
 from connectors.base import AccessRule, SourceDocument, register
+from connectors.settings import ConnectorSettings
 
 ACCESS_FILE = ".access.json"
 _HASH_BLOCK = 1 << 20
@@ -26,6 +29,12 @@ def file_sha256(path: Path) -> str:
         while block := fh.read(_HASH_BLOCK):
             digest.update(block)
     return digest.hexdigest()
+
+
+class FileShareSettings(ConnectorSettings):
+    """A file share in a source declaration."""
+
+    root: Path = Field(description="Directory (the share's mount point) to ingest.")
 
 
 class InvalidAccessFileError(ValueError):

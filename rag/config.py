@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     embedding_precision: Precision = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     policy: str = "default"
+    # The source declaration file (sources.yaml; infra/sources.example.yaml shows one). Its ${NAME}
+    # references are resolved from the environment when it is loaded.
+    sources_file: Path | None = None
     policies_dir: Path = Field(default=Path(__file__).resolve().parent.parent / "policies")
     # Keyed-hash operator: the same value gives the same token within a tenant. Refused in
     # production when empty, a placeholder or short (see require_secrets).

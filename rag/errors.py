@@ -16,6 +16,10 @@ class ConfigurationError(EnclaveError):
     """A setting is missing or invalid."""
 
 
+class SourcesInvalidError(ConfigurationError):
+    """A source declaration file (sources.yaml) does not match the schema, or names an unknown source."""
+
+
 class MissingExtraError(EnclaveError):
     """An optional dependency is needed but not installed."""
 

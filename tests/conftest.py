@@ -59,12 +59,13 @@ def sample_corpus(tmp_path: Path) -> Path:
     return dest
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this session, or skip where no server URL is configured."""
-    url = os.environ.get("ENCLAVE_TEST_POSTGRES_URL")
+def _scratch_database(variable: str, create: str, drop: str) -> Iterator[str]:
+    """A database of a unique name on the server that ``$variable`` points at, dropped afterwards;
+    yields its URL, or skips where the variable is not set. ``create`` and ``drop`` are SQL with
+    ``{name}`` for the database name."""
+    url = os.environ.get(variable)
     if not url:
-        pytest.skip("ENCLAVE_TEST_POSTGRES_URL is not set (CI sets it; see .ci/run)")
+        pytest.skip(f"{variable} is not set (CI sets it; see .ci/run)")
     import uuid
 
     from sqlalchemy import create_engine, text
@@ -73,10 +74,24 @@ def postgres_url() -> Iterator[str]:
     name = f"enclave_test_{uuid.uuid4().hex[:10]}"
     admin = create_engine(url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        conn.execute(text(create.format(name=name)))
     try:
         yield make_url(url).set(database=name).render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(text(drop.format(name=name)))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this session (ENCLAVE_TEST_POSTGRES_URL)."""
+    yield from _scratch_database("ENCLAVE_TEST_POSTGRES_URL", 'CREATE DATABASE "{name}"',
+                                 'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def mariadb_url() -> Iterator[str]:
+    """A fresh MariaDB/MySQL database for this session (ENCLAVE_TEST_MARIADB_URL, mysql+pymysql://...)."""
+    yield from _scratch_database("ENCLAVE_TEST_MARIADB_URL", "CREATE DATABASE `{name}` CHARACTER SET utf8mb4",
+                                 "DROP DATABASE IF EXISTS `{name}`")
