@@ -24,11 +24,12 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
-from connectors.base import AccessRule, Connector, connector_for
+from connectors.base import AccessRule, Connector
 from connectors.filesystem import FileShareSettings, FileShareSource
 from connectors.s3 import ObjectStoreSource, S3Settings
 from connectors.sql import DatabaseSource, SqlSettings, database_location
 from rag.errors import PolicyInvalidError, SourcesInvalidError
+from rag.plugins import connector_for
 
 BUILT_IN_KINDS = ("filesystem", "sql", "s3")
 _SOURCE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
@@ -232,10 +233,13 @@ class SourceContext:
 
     tenant_key: bytes = b""
     state_dir: Path | None = None
+    # entry-point connectors that may load (ENCLAVE_PLUGINS): an unlisted one is refused unimported
+    allowed_plugins: frozenset[str] = frozenset()
 
     @classmethod
     def from_settings(cls, settings: Any) -> SourceContext:
-        return cls(tenant_key=settings.tenant_key.get_secret_value().encode(), state_dir=settings.home / "sources")
+        return cls(tenant_key=settings.tenant_key.get_secret_value().encode(), state_dir=settings.home / "sources",
+                   allowed_plugins=settings.allowed_plugins)
 
     def cache_path(self, source_name: str) -> Path | None:
         return self.state_dir / f"{source_name}.hashes.sqlite" if self.state_dir is not None else None
@@ -251,7 +255,8 @@ def open_connector(source: Declaration, context: SourceContext) -> Connector:
                               cache_path=context.cache_path(source.name))
     if isinstance(source, ObjectStoreDeclaration):
         return ObjectStoreSource(source.settings, source.name, default, cache_path=context.cache_path(source.name))
-    return connector_for(source.kind, name=source.name, default_access=default, **source.settings)
+    return connector_for(source.kind, context.allowed_plugins, name=source.name, default_access=default,
+                         **source.settings)
 
 
 # -- schema ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from connectors.filesystem import FileShareSource
 from connectors.s3 import ObjectStoreSource
 from connectors.sql import DatabaseSource
 from rag.config import Settings
-from rag.errors import SourcesInvalidError
+from rag.errors import ConfigurationError, SourcesInvalidError
 from rag.sources import (
     SCHEMA_PATH,
     SourceContext,
@@ -157,6 +157,9 @@ def test_plugin_kinds_come_from_entry_points(tmp_path: Path, monkeypatch: pytest
             default_access: {groups: [staff]}
             settings: {site: https://intranet.internal/sites/policies}
     """)
-    connector = open_connector(declared.get("intranet"), SourceContext())
+    # an installed plugin loads only when ENCLAVE_PLUGINS lists it
+    with pytest.raises(ConfigurationError, match="ENCLAVE_PLUGINS"):
+        open_connector(declared.get("intranet"), SourceContext())
+    connector = open_connector(declared.get("intranet"), SourceContext(allowed_plugins=frozenset({"sharepoint"})))
     assert connector.name == "intranet" and connector.site == "https://intranet.internal/sites/policies"  # type: ignore[attr-defined]
     assert connector.default_access == AccessRule(groups=frozenset({"staff"}))  # type: ignore[attr-defined]
