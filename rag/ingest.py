@@ -32,7 +32,7 @@ from rag.workers import FileJob, ParsePool
 log = logging.getLogger(__name__)
 
 # Bump when parsing, chunking or redaction changes in a way that should re-process documents.
-PIPELINE_VERSION = "2026.11.4"
+PIPELINE_VERSION = "2026.12.1"
 MAX_PASSES = 3
 
 
