@@ -35,15 +35,15 @@ sys.path.insert(0, str(ROOT))
 
 from rag.config import load_settings  # noqa: E402
 from rag.eval.pii import (  # noqa: E402
-    IngestionRedaction,
     LabelledDocument,
     RedactedDocument,
-    evaluate_pii,
+    evaluate_pii_files,
     load_corpus,
     read_labels,
     read_must,
     score,
 )
+from rag.ingest import RedactionTransform  # noqa: E402
 from rag.parsing import ParseLimits  # noqa: E402
 from rag.redaction import DEFAULT_SPACY_MODEL  # noqa: E402
 
@@ -112,16 +112,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     chunks = [c.text for d in docs for c in d.chunks]
     chars = sum(len(c) for c in chunks)
 
-    redaction = IngestionRedaction(args.policy, args.policies_dir, tenant_key=b"bench")
-    redactor = redaction.redactor
-    ours = evaluate_pii(redaction, corpus, must, "must_redact.json").to_json()
+    # recall and precision through ingestion's worker pool and transform (as `enclave eval pii`)
+    ours = evaluate_pii_files(args.corpus / "docs", labels, settings, args.policy, b"bench", must,
+                              "must_redact.json").to_json()
+    # speed in this process, with the object each worker builds
+    transform = RedactionTransform(args.policy, str(args.policies_dir), b"bench")
+    redactor = transform.redactor
     report: dict[str, Any] = {"policy": args.policy, "split": args.split, "documents": ours["documents"],
                               "chunks": ours["chunks"], "chars": chars, "quarantined": ours["quarantined"], "types": {}}
     base = None
     analyzer = None
     if args.baseline:
         analyzer, anonymizer = baseline_engines()
-        base = score(docs, run_baseline(analyzer, anonymizer, docs))
+        base = score([(d.name, d.labels) for d in docs], run_baseline(analyzer, anonymizer, docs))
     for etype, row in ours["types"].items():
         if not row["must_redact"]:
             continue
@@ -140,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # batched redact_many pass, the same analyzer called per text, and plain Presidio per text.
     entities = list(redactor.detected_entities)
     fns: dict[str, Callable[[], object]] = {
-        "ingestion_transform": lambda: [redaction.redact(d) for d in docs],
+        "ingestion_transform": lambda: transform([(d.name, list(d.chunks)) for d in docs]),
         "redact_many": lambda: redactor.redact_many(chunks),
         "policy_analyzer_per_text": lambda: [redactor.analyzer.analyze(text=c, language="en", entities=entities)
                                              for c in chunks]}

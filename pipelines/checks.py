@@ -1,15 +1,12 @@
-"""Asset checks: a second-pass PII scan of new chunks (blocking) and index/catalog consistency."""
+"""Asset checks: an independent residual-PII scan of new chunks (blocking) and index/catalog consistency."""
 
-
-from collections import Counter
 
 import dagster as dg
 
 from pipelines.assets import redacted_chunks, vector_index
 from pipelines.resources import EnclaveResource
-from rag.errors import PolicyInvalidError
 from rag.policy import Policy, load_policy
-from rag.redaction import PresidioRedactor
+from rag.residual import ResidualReport, ResidualScanner, check_chunks
 
 RESCAN_BATCH = 512
 
@@ -38,57 +35,37 @@ def _policy_for(name: str, run_policy: tuple[str, str, str] | None, enclave: Enc
 
 @dg.asset_check(asset=redacted_chunks, blocking=True, name="no_residual_pii")
 def no_residual_pii(context: dg.AssetCheckExecutionContext, enclave: EnclaveResource) -> dg.AssetCheckResult:
-    """Scan chunks not yet checked with the policy's detectors again; any finding blocks embedding.
+    """Scan chunks no worker verified with the independent residual detector (rag.residual:
+    patterns + vocabulary, no NER); any finding blocks embedding.
 
-    Unchecked are the chunks no redacting worker verified (its last pass over exactly the stored
-    text found nothing) plus a content-hash sample of verified ones (ENCLAVE_PII_RECHECK_FRACTION,
-    default 0.1; 1.0 re-scans all), so the check still catches a worker and the main process
-    disagreeing about the policy.
-
-    A finding here means redaction missed something the detector sees in the redacted text (for
-    instance a name that only looks like one once its neighbour was replaced). Failing keeps
-    those chunks out of the index until a policy fix and re-run.
+    Workers already ran that detector on what they stored and quarantined flagged documents
+    (residual_pii); this re-scans the chunks they did not verify plus a content-hash sample of
+    those they did (ENCLAVE_PII_RECHECK_FRACTION, default 0.1), so a worker and this process
+    disagreeing (policy file, word lists) shows. Failing keeps the flagged chunks out of the index
+    until a policy fix and re-run; they stay unchecked, so the check fails again until then.
     """
     catalog = enclave.catalog()
-    settings = enclave.settings
-    residual: Counter[str] = Counter()
-    flagged_chunks = 0
-    checked = 0
-    redactors: dict[str, PresidioRedactor] = {}
+    scanners: dict[str, ResidualScanner] = {}
     run_policy = _run_policy_file(context)
+
+    def scanner_for(policy_name: str) -> ResidualScanner:
+        if policy_name not in scanners:
+            scanners[policy_name] = ResidualScanner(_policy_for(policy_name, run_policy, enclave))
+        return scanners[policy_name]
+
+    report = ResidualReport()
     while rows := catalog.chunks_unchecked_with_policy(RESCAN_BATCH):
-        clean: list[int] = []
-        by_policy: dict[str, list[tuple[int, str]]] = {}
-        for chunk_id, text, policy_name in rows:
-            by_policy.setdefault(policy_name, []).append((chunk_id, text))
-        for policy_name, items in by_policy.items():
-            if policy_name not in redactors:
-                try:
-                    policy = _policy_for(policy_name, run_policy, enclave)
-                except PolicyInvalidError as exc:
-                    # Unverifiable chunks must not reach the index: fail with the reason, not a crash.
-                    return dg.AssetCheckResult(
-                        passed=False, severity=dg.AssetCheckSeverity.ERROR,
-                        metadata={"chunks_checked": checked, "policy_unavailable": policy_name, "error": str(exc)})
-                redactors[policy_name] = PresidioRedactor(policy,
-                                                          tenant_key=settings.tenant_key.get_secret_value().encode())
-            # the batched path, as ingestion ran it
-            for (chunk_id, _), findings in zip(items, redactors[policy_name].detect_many([t for _, t in items]),
-                                               strict=True):
-                if findings:
-                    flagged_chunks += 1
-                    residual.update(f.entity_type for f in findings)
-                else:
-                    clean.append(chunk_id)
-        checked += len(rows)
+        report, clean = check_chunks(rows, scanner_for, report)
         catalog.mark_checked(clean)
         if len(clean) < len(rows):
             break  # flagged chunks stay unchecked; re-running the check would loop on them
-    return dg.AssetCheckResult(
-        passed=flagged_chunks == 0,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"chunks_checked": checked, "chunks_flagged": flagged_chunks,
-                  "residual_by_type": dg.MetadataValue.json(dict(residual))})
+    metadata = {"chunks_checked": report.checked, "chunks_flagged": len(report.flagged_chunks),
+                "residual_by_type": dg.MetadataValue.json(dict(report.by_type)),
+                "detector": "rag.residual (patterns + vocabulary, no NER)"}
+    if report.policy_unavailable is not None:
+        # Unverifiable chunks must not reach the index: fail with the reason, not a crash.
+        metadata |= {"policy_unavailable": report.policy_unavailable, "error": report.error or ""}
+    return dg.AssetCheckResult(passed=report.passed, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata)
 
 
 @dg.asset_check(asset=vector_index, name="index_matches_catalog")

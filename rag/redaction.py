@@ -196,6 +196,31 @@ def min_phone_digits(regions: Iterable[str]) -> int:
     return min(lengths, default=1)
 
 
+def add_policy_recognizers(registry: Any, policy: Policy) -> None:
+    """The policy's own pattern recognizers (regex, score, context words, optional checksum) into a
+    Presidio registry."""
+    from presidio_analyzer import Pattern, PatternRecognizer
+
+    class ValidatedPatternRecognizer(PatternRecognizer):
+        """A policy recognizer whose matches must pass a checksum (Presidio's validate_result hook)."""
+
+        def __init__(self, validator: str, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._check = _VALIDATORS[validator]
+
+        def validate_result(self, pattern_text: str) -> bool | None:  # True: 1.0, False: dropped
+            return self._check(pattern_text)
+
+    for spec in policy.recognizers:
+        flags = regex.MULTILINE | (regex.IGNORECASE if spec.ignore_case else 0)
+        kwargs: dict[str, Any] = {
+            "supported_entity": spec.entity, "name": spec.name, "supported_language": "en",
+            "patterns": [Pattern(p.name, p.regex, p.score) for p in spec.patterns],
+            "context": list(spec.context) or None, "global_regex_flags": flags}
+        registry.add_recognizer(ValidatedPatternRecognizer(spec.validator, **kwargs) if spec.validator
+                                else PatternRecognizer(**kwargs))
+
+
 def vocabulary_detector(policy: Policy) -> VocabularyDetector:
     """The policy's vocabulary detector: its allow-list counts as ordinary words; strict fails closed."""
     return VocabularyDetector(OrdinaryVocabulary(policy.allow_list), strict=policy.strict)
@@ -323,7 +348,9 @@ def _digit_group_phone_recognizer(base: type[Any], regions: Sequence[str], lenie
             # Under "possible" leniency libphonenumber also returns pieces of a longer candidate
             # ("211-227" of "pages 211-227 (2003)"): none shorter than a valid number is one.
             return [r for r in super().analyze(text, entities, nlp_artifacts)
-                    if sum(c.isdigit() for c in text[r.start:r.end]) >= fewest and phone_shaped(text[r.start:r.end])]
+                    if sum(c.isdigit() for c in text[r.start:r.end]) >= fewest and phone_shaped(text[r.start:r.end])
+                    and not (r.start > 0 and text[r.start - 1].isalnum())  # the digits of "HX4471092"
+                    and not (r.end < len(text) and text[r.end].isalnum())]
 
     return _DigitGroupPhoneRecognizer(supported_regions=list(regions), name="PhoneRecognizer", leniency=leniency)
 
@@ -357,22 +384,11 @@ class PresidioRedactor:
         from rag.config import enforce_offline
 
         enforce_offline()  # before Presidio builds its e-mail recognizer (tldextract)
-        import regex
         import spacy
-        from presidio_analyzer import AnalyzerEngine, EntityRecognizer, Pattern, PatternRecognizer, RecognizerRegistry
+        from presidio_analyzer import AnalyzerEngine, EntityRecognizer, RecognizerRegistry
         from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
         from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
         from presidio_analyzer.predefined_recognizers import PhoneRecognizer
-
-        class ValidatedPatternRecognizer(PatternRecognizer):
-            """A policy recognizer whose matches must pass a checksum (Presidio's validate_result hook)."""
-
-            def __init__(self, validator: str, **kwargs: Any) -> None:
-                super().__init__(**kwargs)
-                self._check = _VALIDATORS[validator]
-
-            def validate_result(self, pattern_text: str) -> bool | None:  # True: 1.0, False: dropped
-                return self._check(pattern_text)
 
         try:
             nlp = spacy.load(self.spacy_model, exclude=list(_NER_ONLY_EXCLUDE))
@@ -398,14 +414,7 @@ class PresidioRedactor:
             detector = vocabulary_detector(self.policy)
             registry.add_recognizer(_vocabulary_recognizer(EntityRecognizer, detector))
             registry.add_recognizer(_misread_name_recognizer(EntityRecognizer, detector.vocabulary))
-        for rec in self.policy.recognizers:
-            flags = regex.MULTILINE | (regex.IGNORECASE if rec.ignore_case else 0)
-            kwargs: dict[str, Any] = {
-                "supported_entity": rec.entity, "name": rec.name, "supported_language": "en",
-                "patterns": [Pattern(p.name, p.regex, p.score) for p in rec.patterns],
-                "context": list(rec.context) or None, "global_regex_flags": flags}
-            registry.add_recognizer(ValidatedPatternRecognizer(rec.validator, **kwargs) if rec.validator
-                                    else PatternRecognizer(**kwargs))
+        add_policy_recognizers(registry, self.policy)
         # Context words may also follow the value ("Paseo Junquera 80 street").
         enhancer = LemmaContextAwareEnhancer(context_prefix_count=5, context_suffix_count=2)
         analyzer = AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"],

@@ -182,15 +182,13 @@ def test_default_policy_meets_recall_floors_on_pii_synthetic() -> None:
     if not (PII_CORPUS / "labels.jsonl").exists():
         pytest.skip(f"{PII_CORPUS} is absent (the shared corpora sit beside the checkout in ../shared)")
     from rag.config import Settings
-    from rag.eval.pii import IngestionRedaction, evaluate_pii, load_corpus, read_labels, read_must
-    from rag.parsing import ParseLimits
+    from rag.eval.pii import evaluate_pii_files, read_labels, read_must
 
     floors = {"CREDIT_CARD": 0.99, "IBAN_CODE": 0.99, "US_SSN": 0.99, "EMAIL_ADDRESS": 0.99,
               "PHONE_NUMBER": 0.99, "PERSON": 0.95, "STREET_ADDRESS": 0.95}
-    corpus = load_corpus(PII_CORPUS / "docs", read_labels(PII_CORPUS / "labels.jsonl"),
-                         ParseLimits.from_settings(Settings()))
-    report = evaluate_pii(IngestionRedaction("default", POLICIES, b"tenant-a"), corpus,
-                          read_must(PII_CORPUS / "must_redact.json")).to_json()
+    report = evaluate_pii_files(PII_CORPUS / "docs", read_labels(PII_CORPUS / "labels.jsonl"),
+                                Settings(policies_dir=POLICIES), "default", b"tenant-a",
+                                read_must(PII_CORPUS / "must_redact.json")).to_json()
     recalls = {t: report["types"][t]["recall"] for t in floors if t in report["types"]}
     assert set(recalls) == set(floors), recalls
     assert all(recalls[t] >= floor for t, floor in floors.items()), recalls
