@@ -36,8 +36,9 @@ _FOREIGN_LETTER = regex.compile(r"[\p{L}--\p{Script=Latin}]", regex.V1)
 # A run of another script: its words with spaces, digits and address punctuation between them.
 _FOREIGN_RUN = regex.compile(
     r"[\p{L}--\p{Script=Latin}][\p{L}\p{M}--\p{Script=Latin}]*"
-    r"(?:[\s,./№#-]{0,3}(?:\d+[\p{L}--\p{Script=Latin}]?|[\p{L}--\p{Script=Latin}][\p{L}\p{M}--\p{Script=Latin}]*))*"
-    r"(?:[\s,./-]{0,2}\d+(?:[-/]\d+)*)?",
+    # words of the same script, or numbers (house, flat: "д. 7, кв. 12"; not an age after a comma)
+    r"(?:[\s,./№#-]{0,3}[\p{L}--\p{Script=Latin}][\p{L}\p{M}--\p{Script=Latin}]*"
+    r"|[\s./№#-]{0,3}\d+(?:[-/]\d+)*[\p{L}--\p{Script=Latin}]?)*",
     regex.V1)
 _NON_ASCII_LATIN = regex.compile(r"[^\x00-\x7f]")
 # A house number after a street name, not a quantity ("Apixaban 5 mg", "Band 6 years").
@@ -316,16 +317,21 @@ class VocabularyDetector:
         streety = street_word is not None or any(t.lower.rstrip(".") in STREET_WORDS for t in words)
         if house is not None and (uncommon or foreignish or streety) and len(words) <= 4:
             return VocabularyFinding("STREET_ADDRESS", start, house.end(), 0.5, "rare-word-house-number")
-        if all(self.vocabulary.allowed(t.lower) for t in words) or NOT_A_NAME.search(text, start, end):
+        keyword = [i for i, t in enumerate(run) if NOT_A_NAME.fullmatch(t.text)]
+        if keyword:
+            # "Northgate Bank" names a firm; in "Street Kerstin Nyström" (a table header, then a
+            # cell) the words after the keyword are judged on their own
+            rest = run[keyword[-1] + 1:]
+            return self._judge(text, rest) if rest else None
+        if all(self.vocabulary.allowed(t.lower) for t in words):
             return None
         if len(words) == 1 and words[0].text.isupper() and len(words[0].text) <= 5:
             return None  # a lone acronym (ASAP, IBAN, NHS); all-caps names come in runs or as "SURNAME, Given"
         if self._after_title(text, start):
             return VocabularyFinding("PERSON", start, end, 0.6, "after-title")
         if self.strict:
-            if uncommon or foreignish or (not initial and len(words) >= 2):
-                return VocabularyFinding("PERSON", start, end, 0.5, "strict")
-            if not initial and not_common:
+            # fail closed: any word English hardly uses, anywhere; any capitalised word mid-sentence
+            if uncommon or foreignish or not initial or len(words) >= 2:
                 return VocabularyFinding("PERSON", start, end, 0.5, "strict")
             return None
         if not initial:
@@ -338,7 +344,7 @@ class VocabularyDetector:
                 return VocabularyFinding("PERSON", start, end, 0.5, "initial-run")
             return None
         nxt = text[end:end + 2]
-        if (rare or foreignish) and not nxt[:1].isalpha():
+        if rare or foreignish:
             # a lone word opening a sentence: a name when English does not use it
             return VocabularyFinding("PERSON", start, end, 0.45, "initial-word")
         if nxt[:1] == "," and uncommon and not words[0].lower.endswith("ly"):
@@ -353,7 +359,8 @@ class VocabularyDetector:
                 continue
             if a.lower in FUNCTION_WORDS or b.lower in FUNCTION_WORDS:
                 continue
-            if all(self._rare(t, RARE) or (_NON_ASCII_LATIN.search(t.text) and self._rare(t, COMMON))
+            below = UNCOMMON if self.strict else RARE
+            if all(self._rare(t, below) or (_NON_ASCII_LATIN.search(t.text) and self._rare(t, COMMON))
                    for t in (a, b)):
                 yield VocabularyFinding("PERSON", a.start, b.end, 0.45, "lower-case-name")
 
