@@ -109,6 +109,9 @@ def title_case_variant(text: str) -> str | None:
     return new if new != text else None
 
 
+_DECIMAL = re.compile(r"\d{1,3}[.,]\d{4,}")  # "0.127560071", a measurement in a table
+
+
 def luhn_valid(digits: str) -> bool:
     """The Luhn checksum of the digits in ``digits`` (separators ignored)."""
     nums = [int(c) for c in digits if c.isdigit()]
@@ -124,7 +127,10 @@ def luhn_valid(digits: str) -> bool:
 
 def phone_digits(value: str) -> bool | None:
     """None (score unchanged) when ``value`` holds 7 to 15 digits, as a phone number does (E.164
-    allows 15); False (dropped) otherwise: "3.21" or "5.15" in a list of section numbers."""
+    allows 15); False (dropped) otherwise: "3.21" or "5.15" in a list of section numbers, and
+    decimals such as "0.1275601" in a table of measurements."""
+    if _DECIMAL.fullmatch(value.strip("-+ ")):
+        return False
     return None if 7 <= sum(c.isdigit() for c in value) <= 15 else False
 
 
@@ -305,6 +311,27 @@ def propagate_lists(text: str, findings: list[Finding]) -> list[Finding]:
     return out
 
 
+_PLACEHOLDER_GAP = re.compile(r"[ \t]{4,}")
+
+
+def _split_at_placeholders(text: str, findings: list[Finding]) -> list[Finding]:
+    """A span that runs over a blanked placeholder (four or more spaces) is cut there: NER may
+    join the words on both sides of a placeholder, and replacing the joined span would only
+    move the problem to the next pass."""
+    out: list[Finding] = []
+    for f in findings:
+        value = text[f.start:f.end]
+        if not _PLACEHOLDER_GAP.search(value):
+            out.append(f)
+            continue
+        start = f.start
+        for gap in _PLACEHOLDER_GAP.finditer(value):
+            out.append(Finding(f.entity_type, start, f.start + gap.start(), f.score, f.detector))
+            start = f.start + gap.end()
+        out.append(Finding(f.entity_type, start, f.end, f.score, f.detector))
+    return [f for f in out if text[f.start:f.end].strip()]
+
+
 def with_address_blocks(text: str, findings: list[Finding]) -> list[Finding]:
     """Street findings grown over the unit, postcode and city after them (:mod:`rag.addresses`)."""
     return extend_addresses(text, findings, lambda f: f.entity_type, lambda f: (f.start, f.end),
@@ -318,7 +345,7 @@ def phone_shaped(value: str) -> bool:
     """How a written phone number looks: on one line, and after its first group (a country or
     trunk code may be one digit) no group of a single digit ("205 5 205" is a table row)."""
     main = _EXTENSION.sub("", value)
-    if "\t" in main or "\n" in main:
+    if "\t" in main or "\n" in main or _DECIMAL.fullmatch(main.strip("-+ ")):
         return False
     return all(len(g) >= 2 for g in re.findall(r"\d+", main)[1:])
 
@@ -350,6 +377,7 @@ def _digit_group_phone_recognizer(base: type[Any], regions: Sequence[str], lenie
             return [r for r in super().analyze(text, entities, nlp_artifacts)
                     if sum(c.isdigit() for c in text[r.start:r.end]) >= fewest and phone_shaped(text[r.start:r.end])
                     and not (r.start > 0 and text[r.start - 1].isalnum())  # the digits of "HX4471092"
+                    and not (r.start > 1 and text[r.start - 1] in ".," and text[r.start - 2].isdigit())  # 0.127560071
                     and not (r.end < len(text) and text[r.end].isalnum())]
 
     return _DigitGroupPhoneRecognizer(supported_regions=list(regions), name="PhoneRecognizer", leniency=leniency)
@@ -473,7 +501,7 @@ class PresidioRedactor:
         return [self._keep(text, found) for text, found in zip(blanked, raw, strict=True)]
 
     def _keep(self, text: str, findings: list[Finding]) -> list[Finding]:
-        kept = with_address_blocks(text, self._passing(text, findings))
+        kept = with_address_blocks(text, self._passing(text, _split_at_placeholders(text, findings)))
         if self.policy.propagate_names:
             kept = self._passing(text, kept + propagate_lists(text, kept))
             kept = self._passing(text, kept + propagate_names(text, kept))

@@ -41,9 +41,10 @@ _FOREIGN_RUN = regex.compile(
     r"|[\s./№#-]{0,3}\d+(?:[-/]\d+)*[\p{L}--\p{Script=Latin}]?)*",
     regex.V1)
 _NON_ASCII_LATIN = regex.compile(r"[^\x00-\x7f]")
-# A house number after a street name, not a quantity ("Apixaban 5 mg", "Band 6 years").
+# A house number after a street name, not a quantity ("Apixaban 5 mg", "Band 6 years"). Gaps of more
+# than three spaces are not taken: a placeholder blanked to spaces is a boundary, not a word gap.
 _HOUSE_NUMBER = regex.compile(
-    r"[ \t]+(?:No[.:]?[ \t]*)?\d{1,5}[A-Za-z]?(?:[/-](?:\d{1,4}[A-Za-z]?|[A-Za-z]\b))?\.?(?=$|[\s,.;:)|])"
+    r"[ \t]{1,3}(?:No[.:]?[ \t]*)?\d{1,5}[A-Za-z]?(?:[/-](?:\d{1,4}[A-Za-z]?|[A-Za-z]\b))?\.?(?=$|[\s,.;:)|])"
     r"(?![ \t]*(?:%|mg|ml|kg|g|mm|cm|km|mmHg|years?|yrs?|days?|weeks?|months?|hours?|h|min|x|times|units?|"
     r"pm|am|EUR|USD|GBP|per)\b)")
 _SENTENCE_END = frozenset(".!?:;|•*#>\"“”()[]{}=\t")
@@ -131,7 +132,7 @@ NOT_A_NAME = regex.compile(
     r"orchestra|band|festival|award|prize|act|day|week|year|street|road|avenue|square|park)\b")
 
 _STREET_WORD_AFTER = regex.compile(
-    r"[ \t]+(?:" + "|".join(sorted((regex.escape(w) for w in STREET_WORDS), key=len, reverse=True))
+    r"[ \t]{1,3}(?:" + "|".join(sorted((regex.escape(w) for w in STREET_WORDS), key=len, reverse=True))
     + r")\.?(?=[ \t])", regex.IGNORECASE)
 
 
@@ -259,7 +260,7 @@ class VocabularyDetector:
                 gap = text[run[-1].end:tokens[j].start]
                 nxt = tokens[j]
                 initial = len(run[-1].text) == 1  # "Salla M. Mieto": only an initial may end in a full stop
-                if regex.fullmatch(r"[ \t]+" if not initial else r"\.?[ \t]+", gap) is None:
+                if regex.fullmatch(r"[ \t]{1,3}" if not initial else r"\.?[ \t]{1,3}", gap) is None:
                     # "MAVRIDIS, Panagiotis": an all-caps surname, a comma, a given name
                     if gap.strip() == "," and run[-1].text.isupper() and len(run) == 1 and nxt.text[:1].isupper() \
                             and not nxt.text.isupper():
@@ -273,7 +274,7 @@ class VocabularyDetector:
                     # "van der Meer": particles count only when a name-shaped word follows them
                     k = j
                     while k < len(tokens) and tokens[k].lower in _PARTICLES and k - j < 3 \
-                            and regex.fullmatch(r"[ \t]+", text[tokens[k].end:tokens[k + 1].start]
+                            and regex.fullmatch(r"[ \t]{1,3}", text[tokens[k].end:tokens[k + 1].start]
                                                 if k + 1 < len(tokens) else "x"):
                         k += 1
                     if k == j or k >= len(tokens) or not self._name_shaped(tokens[k]):
