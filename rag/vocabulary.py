@@ -326,8 +326,9 @@ class VocabularyDetector:
             return self._judge(text, rest) if rest else None
         if all(self.vocabulary.allowed(t.lower) for t in words):
             return None
-        if len(words) == 1 and words[0].text.isupper() and len(words[0].text) <= 5:
-            return None  # a lone acronym (ASAP, IBAN, NHS); all-caps names come in runs or as "SURNAME, Given"
+        if len(words) == 1 and words[0].text.isupper() and (len(words[0].text) <= 5 or not self.strict):
+            # a lone acronym or product (IBAN, NHS, FORTRAN); all-caps names come in runs or as "SURNAME, Given"
+            return None
         if self._after_title(text, start):
             return VocabularyFinding("PERSON", start, end, 0.6, "after-title")
         if self.strict:
