@@ -11,13 +11,15 @@ from rag.ingest import check_index, check_residual_pii, run_policy
 
 @dg.asset_check(asset=redacted_chunks, blocking=True, name="no_residual_pii")
 def no_residual_pii(context: dg.AssetCheckExecutionContext, enclave: EnclaveResource) -> dg.AssetCheckResult:
-    """The policy's detector over stored chunks no worker verified (and a sample of those it did);
-    any finding blocks embedding. See rag.ingest.check_residual_pii."""
+    """The independent residual detector (rag.residual: patterns + vocabulary, no NER) over stored
+    chunks no worker verified (and a sample of those it did); any finding blocks embedding. See
+    rag.ingest.check_residual_pii."""
     components = enclave.components
     options = components.redaction
     report = check_residual_pii(components.catalog, options.policies_dir, options.tenant_key,
                                 run_policy(components.catalog, context.run.run_id))
-    metadata: dict[str, Any] = {"chunks_checked": report.chunks_checked}
+    metadata: dict[str, Any] = {"chunks_checked": report.chunks_checked,
+                                "detector": "rag.residual (patterns + vocabulary, no NER)"}
     if report.policy_unavailable is not None:
         metadata.update(policy_unavailable=report.policy_unavailable, error=report.error or "")
     else:

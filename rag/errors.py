@@ -69,6 +69,7 @@ class QuarantineReason(StrEnum):
     NO_TEXT = "no_text"
     READ_ERROR = "read_error"
     REDACTION_FAILED = "redaction_failed"
+    RESIDUAL_PII = "residual_pii"  # the independent residual check still saw personal data after redaction
 
 
 class QuarantinedError(EnclaveError):

@@ -6,7 +6,7 @@
                         run and its manifest (uris, hashes, access rules; never text)
     redact_run          parse → chunk → redact each new or changed document in isolated workers;
                         only redacted chunks come back to this process and reach the catalog
-    check_residual_pii  the policy's detector over stored chunks no worker verified (and a
+    check_residual_pii  the independent residual detector (rag.residual) over stored chunks no worker verified (and a
                         sample of those it did); any finding blocks embedding
     embed_run           embed chunks that have no vector for the current model
     publish_run         make the FAISS and BM25 indexes hold exactly the catalog's embedded
@@ -38,10 +38,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from connectors.base import AccessRule, Connector, SourceDocument
 from rag.catalog.store import CatalogStore, NewChunk
-from rag.errors import AccessRuleMissingError, ConfigurationError, EnclaveError, PolicyInvalidError, QuarantineReason
+from rag.errors import (
+    AccessRuleMissingError,
+    ConfigurationError,
+    EnclaveError,
+    PolicyInvalidError,
+    QuarantinedError,
+    QuarantineReason,
+)
 from rag.parsing import ParsedChunk, ParseLimits
 from rag.policy import Policy, load_policy, resolve_policy_path
-from rag.workers import FileJob, ParsePool
+from rag.workers import FileJob, ParsePool, Transformed
 
 if TYPE_CHECKING:
     from rag.config import Settings
@@ -53,8 +60,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Bump when parsing, chunking or redaction changes in a way that should re-process documents.
-PIPELINE_VERSION = "2026.11.4"
-MAX_PASSES = 3
+PIPELINE_VERSION = "2026.12.1"
+# Redaction passes before a chunk that still changes is given up on (quarantined redaction_failed);
+# ordinary documents settle in two, table-like gibberish (gene-marker CSV columns) in four.
+MAX_PASSES = 4
 # Chunks the residual-PII check reads from the catalog at a time.
 RESCAN_BATCH = 512
 
@@ -315,70 +324,99 @@ class RedactionNotConvergedError(Exception):
     """Raised inside a worker; becomes a redaction_failed quarantine record for the file."""
 
 
+Removals = tuple[tuple[str, tuple[tuple[str, int, int], ...]], ...]  # per pass: analysed text, spans removed
+
+
 class RedactionTransform:
-    """Runs in each parse worker: redacts all chunks of a batch of files in one batched call."""
+    """Runs in each parse worker: redacts all chunks of a batch of files in one batched call, to a
+    fixpoint, then lets the independent residual check (:mod:`rag.residual`) read the result.
 
-    def __init__(self, policy_ref: str, policies_dir: str, tenant_key: bytes, recheck_fraction: float = 1.0) -> None:
+    A file any of whose chunks the residual check flags is returned as a ``residual_pii``
+    quarantine: nothing of it is stored (an earlier stored version stays). ``record_removals``
+    (the PII evaluation) returns, per file, what each pass analysed and removed, as
+    :class:`~rag.workers.Transformed` extra data.
+    """
+
+    def __init__(self, policy_ref: str, policies_dir: str, tenant_key: bytes, recheck_fraction: float = 1.0,
+                 record_removals: bool = False) -> None:
         from rag.redaction import PresidioRedactor
+        from rag.residual import ResidualScanner
 
-        self.redactor = PresidioRedactor(load_policy(policy_ref, Path(policies_dir)), tenant_key=tenant_key)
+        policy = load_policy(policy_ref, Path(policies_dir))
+        self.redactor = PresidioRedactor(policy, tenant_key=tenant_key)
         self.redactor.warm_up()
+        self.residual = ResidualScanner(policy)
+        self.residual.warm_up()
         self.recheck_fraction = recheck_fraction
+        self.record_removals = record_removals
 
     def _leave_for_recheck(self, content_hash: str) -> bool:
         """A deterministic sample (by content hash) that the no_residual_pii check scans again."""
         return int(content_hash[:8], 16) < self.recheck_fraction * 0x1_0000_0000
 
-    def _to_fixpoint(self, texts: list[str]) -> list[tuple[str, Counter[str], bool]]:
+    def _to_fixpoint(self, texts: list[str]) -> tuple[list[tuple[str, Counter[str]]], list[Removals]]:
         """Redact until the detector finds nothing more (at most MAX_PASSES).
 
         Replacing one value changes the context of its neighbours, so a second pass can see what
-        the first could not (a surname once the first name became a placeholder). Stopping at a
-        fixpoint is what lets the no_residual_pii check hold redaction to its own standard.
-        Each result says whether the last pass over exactly that text found nothing (verified).
+        the first could not (a surname once the first name became a placeholder).
         """
-        out = [(t, Counter[str](), False) for t in texts]
+        out = [(t, Counter[str]()) for t in texts]
+        removals: list[list[tuple[str, tuple[tuple[str, int, int], ...]]]] = [[] for _ in texts]
         pending = list(range(len(texts)))
         for _ in range(MAX_PASSES):
             if not pending:
                 break
-            results = self.redactor.redact_many([out[i][0] for i in pending])
+            batch = [out[i][0] for i in pending]
+            found = self.redactor.detect_many(batch)
             still = []
-            for i, r in zip(pending, results, strict=True):
-                text, counts, _ = out[i]
+            for i, text, findings in zip(pending, batch, found, strict=True):
+                if self.record_removals:
+                    removals[i].append((text, tuple((f.entity_type, f.start, f.end) for f in findings)))
+                r = self.redactor.redact(text, findings)
                 if r.counts and r.text != text:
-                    counts.update(r.counts)
-                    out[i] = (r.text, counts, False)
+                    out[i][1].update(r.counts)
+                    out[i] = (r.text, out[i][1])
                     still.append(i)
-                else:
-                    out[i] = (text, counts, not r.counts)
             pending = still
         if pending:
             # Redaction did not converge: storing this text would store what the detector still
             # sees as PII. Raising makes the worker pool retry the batch file by file and
             # quarantine this file as redaction_failed; the other files are stored.
             raise RedactionNotConvergedError(f"{len(pending)} chunk(s) still had findings after {MAX_PASSES} passes")
-        return out
+        return out, [tuple(r) for r in removals]
 
-    def __call__(self, files: list[tuple[str, list[ParsedChunk]]]) -> list[list[NewChunk]]:
+    def __call__(self, files: list[tuple[str, list[ParsedChunk]]]) -> list[Any]:
         texts = [c.text for _, chunks in files for c in chunks]
-        results = iter(self._to_fixpoint(texts))
-        out: list[list[NewChunk]] = []
+        redacted, removals = self._to_fixpoint(texts)
+        residual = self.residual.scan([t for t, _ in redacted])
+        out: list[Any] = []
+        k = 0
         for _, chunks in files:
-            redacted: list[NewChunk] = []
-            for c in chunks:
-                text, counts, verified = next(results)
+            n = len(chunks)
+            flagged = [f for findings in residual[k:k + n] for f in findings]
+            if flagged:
+                from rag.residual import residual_types
+
+                out.append(QuarantinedError(QuarantineReason.RESIDUAL_PII,
+                                            f"after redaction the residual check still found {residual_types(flagged)} "
+                                            f"in {sum(1 for x in residual[k:k + n] if x)} chunk(s)"))
+                k += n
+                continue
+            stored: list[NewChunk] = []
+            for c, (text, counts) in zip(chunks, redacted[k:k + n], strict=True):
                 digest = hashlib.sha256(text.encode()).hexdigest()
-                redacted.append(NewChunk(ordinal=c.ordinal, text=text, content_hash=digest,
-                                         page=c.page, entity_counts=dict(counts),
-                                         pii_checked=verified and not self._leave_for_recheck(digest)))
-            out.append(redacted)
+                # the residual check passed exactly this text here; a sample is scanned again by
+                # no_residual_pii in the main process, to catch a worker and the check disagreeing
+                stored.append(NewChunk(ordinal=c.ordinal, text=text, content_hash=digest, page=c.page,
+                                       entity_counts=dict(counts), pii_checked=not self._leave_for_recheck(digest)))
+            out.append(Transformed(stored, removals[k:k + n]) if self.record_removals else stored)
+            k += n
         return out
 
 
-def redaction_transform_factory(policy_ref: str, policies_dir: str, tenant_key: bytes,
-                                recheck_fraction: float = 1.0) -> Callable[[], RedactionTransform]:
-    return partial(RedactionTransform, policy_ref, policies_dir, tenant_key, recheck_fraction)
+def redaction_transform_factory(policy_ref: str, policies_dir: str, tenant_key: bytes, recheck_fraction: float = 1.0,
+                                record_removals: bool = False) -> Callable[[], RedactionTransform]:
+    return partial(RedactionTransform, policy_ref, policies_dir, tenant_key, recheck_fraction, record_removals)
 
 
 @dataclass(frozen=True)
@@ -506,10 +544,13 @@ Detector = Callable[[Sequence[str]], list[list["Finding"]]]
 
 
 def residual_pii_detector(policy: Policy, tenant_key: bytes) -> Detector:
-    """The detector the residual-PII check runs over stored chunk text (batched, as the workers ran it)."""
-    from rag.redaction import PresidioRedactor
+    """The detector the residual-PII check runs over stored chunk text: rag.residual's patterns and
+    vocabulary detector, not the NER that redacted it, so a value one detector misses can still
+    stop the run. ``tenant_key`` is unused: the check only finds, it never transforms."""
+    from rag.residual import ResidualScanner
 
-    return PresidioRedactor(policy, tenant_key=tenant_key).detect_many
+    del tenant_key
+    return ResidualScanner(policy).scan
 
 
 @dataclass(frozen=True)

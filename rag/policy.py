@@ -80,7 +80,18 @@ class DetectionSpec(_Strict):
         default=True, description="re-run NER on a title-cased copy of ALL-CAPS names")
     propagate_names: bool = Field(
         default=True, description="also remove other mentions of a detected name's words in the same text")
-    ner_person_score: float = Field(default=0.85, ge=0.0, le=1.0)
+    ner_person_score: float = Field(
+        default=0.85, ge=0.0, le=1.0,
+        description="score given to spaCy NER's PERSON entities; below the PERSON threshold they are dropped")
+    vocabulary: bool = Field(
+        default=True, description="find names, places and streets by words English does not use (wordfreq), "
+                                  "words in another script, and a rare word before a house number")
+    strict: bool = Field(
+        default=False, description="fail closed: every capitalised word English does not use becomes a "
+                                   "placeholder wherever it stands (over-redacts; see README for its cost)")
+    phone_leniency: Literal["possible", "valid"] = Field(
+        default="possible", description="libphonenumber leniency: possible (any number of a possible length, "
+                                        "extensions, +CC without separators) or valid (allocated ranges only)")
     phone_regions: list[str] = Field(
         default_factory=lambda: ["US", "GB"], min_length=1,
         description="regions whose national phone formats libphonenumber checks (ISO 3166 codes; numbers "
@@ -202,6 +213,9 @@ class Policy:
     case_variants: bool = True
     propagate_names: bool = True
     ner_person_score: float = 0.85
+    vocabulary: bool = True
+    strict: bool = False
+    phone_leniency: Literal["possible", "valid"] = "possible"
     phone_regions: tuple[str, ...] = ("US", "GB")
     description: str = ""
 
@@ -235,6 +249,9 @@ def _from_file_model(model: PolicyFile, content_hash: str) -> Policy:
         case_variants=model.detection.case_variants,
         propagate_names=model.detection.propagate_names,
         ner_person_score=model.detection.ner_person_score,
+        vocabulary=model.detection.vocabulary,
+        strict=model.detection.strict,
+        phone_leniency=model.detection.phone_leniency,
         phone_regions=tuple(r.upper() for r in model.detection.phone_regions),
         description=model.description,
     )

@@ -11,7 +11,10 @@ Detectors, in depth:
 - Presidio's predefined recognizers (checksums, formats, spaCy NER for PERSON) with context words;
 - the policy's own pattern recognizers (addresses, international phones, dates of birth, MRNs, a
   capitalised-name-after-cue heuristic, ...);
-- spaCy NER on a title-cased copy of ALL-CAPS words, which the small model misses.
+- spaCy NER on a title-cased copy of ALL-CAPS words, which the small model misses;
+- the vocabulary detector (:mod:`rag.vocabulary`): capitalised words English does not use, words in
+  another script, a rare word before a house number; it finds names no NER model was trained on;
+- address blocks (:mod:`rag.addresses`): a found street takes the unit, postcode and city after it.
 Placeholders already in the text are blanked before detection, so redaction is idempotent.
 """
 
@@ -28,8 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 import regex
 
+from rag.addresses import extend_addresses
 from rag.errors import ConfigurationError
 from rag.policy import Operator, Policy
+from rag.vocabulary import COMMON, FUNCTION_WORDS, NOT_A_NAME, OrdinaryVocabulary, VocabularyDetector
 
 if TYPE_CHECKING:
     from presidio_analyzer import AnalyzerEngine
@@ -105,6 +110,9 @@ def title_case_variant(text: str) -> str | None:
     return new if new != text else None
 
 
+_DECIMAL = re.compile(r"\d{1,3}[.,]\d{4,}")  # "0.127560071", a measurement in a table
+
+
 def luhn_valid(digits: str) -> bool:
     """The Luhn checksum of the digits in ``digits`` (separators ignored)."""
     nums = [int(c) for c in digits if c.isdigit()]
@@ -120,18 +128,25 @@ def luhn_valid(digits: str) -> bool:
 
 def phone_digits(value: str) -> bool | None:
     """None (score unchanged) when ``value`` holds 7 to 15 digits, as a phone number does (E.164
-    allows 15); False (dropped) otherwise: "3.21" or "5.15" in a list of section numbers."""
+    allows 15); False (dropped) otherwise: "3.21" or "5.15" in a list of section numbers, and
+    decimals such as "0.1275601" in a table of measurements."""
+    if _DECIMAL.fullmatch(value.strip("-+ ")):
+        return False
     return None if 7 <= sum(c.isdigit() for c in value) <= 15 else False
 
 
 _VALIDATORS = {"luhn": luhn_valid, "phone_digits": phone_digits}
+# libphonenumber's Leniency values: POSSIBLE accepts any number of a possible length for its
+# region, with extensions ("x541", "ext. 12") and "+CC" without separators; VALID also needs
+# an allocated number range, which fake and newly issued numbers fail.
+PHONE_LENIENCY = {"possible": 0, "valid": 1}
 _NAME_WORD = re.compile(r"[^\W\d_][\w'’-]{2,}")
 
 
 def propagate_names(text: str, findings: list[Finding]) -> list[Finding]:
     """Other mentions of the capitalised words of detected names ("Mario" once "Mario Kappel" is found)."""
     words = {w for f in findings if f.entity_type == "PERSON"
-             for w in _NAME_WORD.findall(text[f.start:f.end]) if w[0].isupper()}
+             for w in _NAME_WORD.findall(text[f.start:f.end]) if w[0].isupper() and w.casefold() not in FUNCTION_WORDS}
     if not words:
         return []
     pattern = re.compile(r"(?<![\w'’-])(?:" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
@@ -188,13 +203,163 @@ def min_phone_digits(regions: Iterable[str]) -> int:
     return min(lengths, default=1)
 
 
-def _digit_group_phone_recognizer(base: type[Any], regions: Sequence[str]) -> Any:
+def add_policy_recognizers(registry: Any, policy: Policy) -> None:
+    """The policy's own pattern recognizers (regex, score, context words, optional checksum) into a
+    Presidio registry."""
+    from presidio_analyzer import Pattern, PatternRecognizer
+
+    class ValidatedPatternRecognizer(PatternRecognizer):
+        """A policy recognizer whose matches must pass a checksum (Presidio's validate_result hook)."""
+
+        def __init__(self, validator: str, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._check = _VALIDATORS[validator]
+
+        def validate_result(self, pattern_text: str) -> bool | None:  # True: 1.0, False: dropped
+            return self._check(pattern_text)
+
+    for spec in policy.recognizers:
+        flags = regex.MULTILINE | (regex.IGNORECASE if spec.ignore_case else 0)
+        kwargs: dict[str, Any] = {
+            "supported_entity": spec.entity, "name": spec.name, "supported_language": "en",
+            "patterns": [Pattern(p.name, p.regex, p.score) for p in spec.patterns],
+            "context": list(spec.context) or None, "global_regex_flags": flags}
+        registry.add_recognizer(ValidatedPatternRecognizer(spec.validator, **kwargs) if spec.validator
+                                else PatternRecognizer(**kwargs))
+
+
+def vocabulary_detector(policy: Policy) -> VocabularyDetector:
+    """The policy's vocabulary detector: its allow-list counts as ordinary words; strict fails closed."""
+    return VocabularyDetector(OrdinaryVocabulary(policy.allow_list), strict=policy.strict)
+
+
+def _vocabulary_recognizer(base: type[Any], detector: VocabularyDetector) -> Any:
+    """:class:`~rag.vocabulary.VocabularyDetector` as a Presidio recognizer (PERSON, STREET_ADDRESS)."""
+    from presidio_analyzer import RecognizerResult
+
+    class VocabularyRecognizer(base):  # type: ignore[misc]  # Presidio's class, imported lazily
+        def load(self) -> None:
+            detector.warm_up()
+
+        def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
+            return [RecognizerResult(f.entity_type, f.start, f.end, f.score,
+                                     recognition_metadata={"recognizer_name": f"vocabulary-{f.reason}",
+                                                           "recognizer_identifier": self.id})
+                    for f in detector.detect(text) if f.entity_type in entities]
+
+    return VocabularyRecognizer(supported_entities=["PERSON", "STREET_ADDRESS"], name="VocabularyRecognizer",
+                                supported_language="en")
+
+
+# spaCy labels a foreign name it has never seen as an organisation, a date or a work of art as
+# often as a person ("Hope Wood" ORG, "June Cook" DATE): the span is right, the label is not.
+_MISREAD_LABELS = frozenset({"ORG", "DATE", "WORK_OF_ART", "PRODUCT", "EVENT", "FAC", "LAW"})
+_NAME_SHAPED_SPAN = regex.compile(r"\p{Lu}[\p{L}\p{M}'’-]*(?:[ \t]+(?:\p{Lu}[\p{L}\p{M}'’-]*|\p{Lu}\.|"
+                                  r"van|von|der|den|de|del|da|di|du|la|le|bin|al|el|ní|ó))*")
+
+
+def _misread_name_recognizer(base: type[Any], vocabulary: OrdinaryVocabulary) -> Any:
+    """Names spaCy found but labelled otherwise: name-shaped ORG/DATE/... spans become PERSON."""
+    from presidio_analyzer import RecognizerResult
+
+    class MisreadNameRecognizer(base):  # type: ignore[misc]  # Presidio's class, imported lazily
+        def load(self) -> None:
+            vocabulary.warm_up()
+
+        def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
+            doc = getattr(nlp_artifacts, "tokens", None)
+            if doc is None or "PERSON" not in entities:
+                return []
+            out = []
+            for ent in doc.ents:
+                value = ent.text
+                if ent.label_ not in _MISREAD_LABELS or len(ent) > 4 or _NAME_SHAPED_SPAN.fullmatch(value) is None:
+                    continue
+                words = [w for w in value.split() if len(w) > 1]
+                if not words or NOT_A_NAME.search(value) or all(vocabulary.allowed(w.casefold()) for w in words):
+                    continue
+                if len(words) == 1 and (words[0].isupper() or vocabulary.zipf(words[0]) >= COMMON):
+                    continue  # one common word ("Notes", "Wisdom") or an acronym ("IBAN"): a misread, not a name
+                out.append(RecognizerResult("PERSON", ent.start_char, ent.end_char, 0.45,
+                                            recognition_metadata={"recognizer_name": f"spacy-misread-{ent.label_}",
+                                                                  "recognizer_identifier": self.id}))
+            return out
+
+    return MisreadNameRecognizer(supported_entities=["PERSON"], name="MisreadNameRecognizer",
+                                 supported_language="en")
+
+
+# "founders: Urbanová, Ford and Paul": when one item of a list of capitalised words is a name,
+# the others are names too.
+_LIST_ITEM = r"\p{Lu}[\p{L}\p{M}'’-]+(?:[ \t]+\p{Lu}[\p{L}\p{M}'’-]+)?"
+_NAME_LIST = regex.compile(rf"{_LIST_ITEM}(?:,[ \t]+{_LIST_ITEM})*,?[ \t]+(?:and|&|or|und|et|y|e|i|och|og|ja)"
+                           rf"[ \t]+{_LIST_ITEM}|{_LIST_ITEM}(?:,[ \t]+{_LIST_ITEM}){{2,}}")
+_ITEM = regex.compile(_LIST_ITEM)
+
+
+def propagate_lists(text: str, findings: list[Finding]) -> list[Finding]:
+    """The other items of a list one of whose items is a detected name."""
+    people = [(f.start, f.end) for f in findings if f.entity_type == "PERSON"]
+    if not people:
+        return []
+    out: list[Finding] = []
+    for m in _NAME_LIST.finditer(text):
+        items = [i for i in _ITEM.finditer(m.group()) if i.group() not in {"and", "or"}]
+        spans = [(m.start() + i.start(), m.start() + i.end()) for i in items]
+        if sum(any(a < pe and ps < b for ps, pe in people) for a, b in spans) >= 1:
+            out.extend(Finding("PERSON", a, b, 0.45, "name-list") for a, b in spans
+                       if not NOT_A_NAME.search(text[a:b]))
+    return out
+
+
+_PLACEHOLDER_GAP = re.compile(r"[ \t]{4,}")
+
+
+def _split_at_placeholders(text: str, findings: list[Finding]) -> list[Finding]:
+    """A span that runs over a blanked placeholder (four or more spaces) is cut there: NER may
+    join the words on both sides of a placeholder, and replacing the joined span would only
+    move the problem to the next pass."""
+    out: list[Finding] = []
+    for f in findings:
+        value = text[f.start:f.end]
+        if not _PLACEHOLDER_GAP.search(value):
+            out.append(f)
+            continue
+        start = f.start
+        for gap in _PLACEHOLDER_GAP.finditer(value):
+            out.append(Finding(f.entity_type, start, f.start + gap.start(), f.score, f.detector))
+            start = f.start + gap.end()
+        out.append(Finding(f.entity_type, start, f.end, f.score, f.detector))
+    return [f for f in out if text[f.start:f.end].strip()]
+
+
+def with_address_blocks(text: str, findings: list[Finding]) -> list[Finding]:
+    """Street findings grown over the unit, postcode and city after them (:mod:`rag.addresses`)."""
+    return extend_addresses(text, findings, lambda f: f.entity_type, lambda f: (f.start, f.end),
+                            lambda f, a, b: Finding(f.entity_type, a, b, f.score, f.detector))
+
+
+_EXTENSION = re.compile(r"[ \t]*(?:x|ext\.?|extn\.?|extension|#)[ \t]*\d{1,6}$", re.IGNORECASE)
+
+
+def phone_shaped(value: str) -> bool:
+    """How a written phone number looks: on one line, and after its first group (a country or
+    trunk code may be one digit) no group of a single digit ("205 5 205" is a table row)."""
+    main = _EXTENSION.sub("", value)
+    if "\t" in main or "\n" in main or _DECIMAL.fullmatch(main.strip("-+ ")):
+        return False
+    return all(len(g) >= 2 for g in re.findall(r"\d+", main)[1:])
+
+
+def _digit_group_phone_recognizer(base: type[Any], regions: Sequence[str], leniency: int = 1,
+                                  blank: bool = True) -> Any:
     """Presidio's PhoneRecognizer for ``regions`` that skips what cannot be a valid number.
 
     libphonenumber's matcher parses and validates every digit group, once per region: on numeric
     text (citation tables, "1479<TAB>5<TAB>1479") that was a third of redaction time. A group it
     would consider (its own candidate pattern) with fewer digits than the shortest valid number of
-    any policy region is blanked to spaces first, offsets kept; nothing it could have found is lost.
+    any policy region is blanked to spaces first, offsets kept, and no match shorter than that is
+    kept; nothing it could have found with a valid number's length is lost.
     """
     import phonenumbers.phonenumbermatcher as matcher
 
@@ -204,13 +369,19 @@ def _digit_group_phone_recognizer(base: type[Any], regions: Sequence[str]) -> An
 
     class _DigitGroupPhoneRecognizer(base):  # type: ignore[misc]  # Presidio's class, imported lazily
         def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> Any:
-            if candidate is not None:
+            if candidate is not None and blank:
                 text = candidate.sub(
                     lambda m: m.group() if sum(c.isdigit() for c in m.group()) >= fewest else " " * len(m.group()),
                     text)
-            return super().analyze(text, entities, nlp_artifacts)
+            # Under "possible" leniency libphonenumber also returns pieces of a longer candidate
+            # ("211-227" of "pages 211-227 (2003)"): none shorter than a valid number is one.
+            return [r for r in super().analyze(text, entities, nlp_artifacts)
+                    if sum(c.isdigit() for c in text[r.start:r.end]) >= fewest and phone_shaped(text[r.start:r.end])
+                    and not (r.start > 0 and text[r.start - 1].isalnum())  # the digits of "HX4471092"
+                    and not (r.start > 1 and text[r.start - 1] in ".," and text[r.start - 2].isdigit())  # 0.127560071
+                    and not (r.end < len(text) and text[r.end].isalnum())]
 
-    return _DigitGroupPhoneRecognizer(supported_regions=list(regions), name="PhoneRecognizer")
+    return _DigitGroupPhoneRecognizer(supported_regions=list(regions), name="PhoneRecognizer", leniency=leniency)
 
 
 class PresidioRedactor:
@@ -242,22 +413,11 @@ class PresidioRedactor:
         from rag.config import enforce_offline
 
         enforce_offline()  # before Presidio builds its e-mail recognizer (tldextract)
-        import regex
         import spacy
-        from presidio_analyzer import AnalyzerEngine, Pattern, PatternRecognizer, RecognizerRegistry
+        from presidio_analyzer import AnalyzerEngine, EntityRecognizer, RecognizerRegistry
         from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
         from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
         from presidio_analyzer.predefined_recognizers import PhoneRecognizer
-
-        class ValidatedPatternRecognizer(PatternRecognizer):
-            """A policy recognizer whose matches must pass a checksum (Presidio's validate_result hook)."""
-
-            def __init__(self, validator: str, **kwargs: Any) -> None:
-                super().__init__(**kwargs)
-                self._check = _VALIDATORS[validator]
-
-            def validate_result(self, pattern_text: str) -> bool | None:  # True: 1.0, False: dropped
-                return self._check(pattern_text)
 
         try:
             nlp = spacy.load(self.spacy_model, exclude=list(_NER_ONLY_EXCLUDE))
@@ -269,22 +429,21 @@ class PresidioRedactor:
                    "WORK_OF_ART", "LAW", "LANGUAGE", "ORG", "ORGANIZATION"]
         engine = _lower_form_engine_class(SpacyNlpEngine)(
             models=[{"lang_code": "en", "model_name": self.spacy_model}],
-            ner_model_configuration=NerModelConfiguration(labels_to_ignore=ignored))
+            ner_model_configuration=NerModelConfiguration(labels_to_ignore=ignored,
+                                                          default_score=self.policy.ner_person_score))
         # Hand Presidio the loaded model: its own load() would download a missing one.
         engine.nlp = {"en": nlp}
         registry = RecognizerRegistry(supported_languages=["en"])
         registry.load_predefined_recognizers(languages=["en"], nlp_engine=engine)
         # libphonenumber scans the whole text once per region: only the regions the policy names.
         registry.remove_recognizer("PhoneRecognizer")
-        registry.add_recognizer(_digit_group_phone_recognizer(PhoneRecognizer, self.policy.phone_regions))
-        for rec in self.policy.recognizers:
-            flags = regex.MULTILINE | (regex.IGNORECASE if rec.ignore_case else 0)
-            kwargs: dict[str, Any] = {
-                "supported_entity": rec.entity, "name": rec.name, "supported_language": "en",
-                "patterns": [Pattern(p.name, p.regex, p.score) for p in rec.patterns],
-                "context": list(rec.context) or None, "global_regex_flags": flags}
-            registry.add_recognizer(ValidatedPatternRecognizer(rec.validator, **kwargs) if rec.validator
-                                    else PatternRecognizer(**kwargs))
+        registry.add_recognizer(_digit_group_phone_recognizer(PhoneRecognizer, self.policy.phone_regions,
+                                                              PHONE_LENIENCY[self.policy.phone_leniency]))
+        if self.policy.vocabulary:
+            detector = vocabulary_detector(self.policy)
+            registry.add_recognizer(_vocabulary_recognizer(EntityRecognizer, detector))
+            registry.add_recognizer(_misread_name_recognizer(EntityRecognizer, detector.vocabulary))
+        add_policy_recognizers(registry, self.policy)
         # Context words may also follow the value ("Paseo Junquera 80 street").
         enhancer = LemmaContextAwareEnhancer(context_prefix_count=5, context_suffix_count=2)
         analyzer = AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"],
@@ -343,8 +502,9 @@ class PresidioRedactor:
         return [self._keep(text, found) for text, found in zip(blanked, raw, strict=True)]
 
     def _keep(self, text: str, findings: list[Finding]) -> list[Finding]:
-        kept = self._passing(text, findings)
+        kept = with_address_blocks(text, self._passing(text, _split_at_placeholders(text, findings)))
         if self.policy.propagate_names:
+            kept = self._passing(text, kept + propagate_lists(text, kept))
             kept = self._passing(text, kept + propagate_names(text, kept))
         return merge_findings(kept)
 

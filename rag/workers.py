@@ -68,7 +68,10 @@ class FileOutcome:
 
 @dataclass(frozen=True)
 class Transformed:
-    """A transform may return this per file to send back more than chunks (e.g. entity counts)."""
+    """A transform may return this per file to send back more than chunks (e.g. entity counts).
+
+    It may also return a :class:`~rag.errors.QuarantinedError` for a file it refuses (quarantined
+    with that reason; its neighbours in the batch are unaffected)."""
 
     chunks: list[Any]
     extra: Any = None
@@ -158,7 +161,9 @@ def _run_batch(jobs: list[tuple[str, str, bytes]], timeout_s: float) -> list[Fil
         if len(results) != len(parsed):
             raise TransformFailedError(f"returned {len(results)} results for {len(parsed)} files")
         for (key, _), result in zip(parsed, results, strict=True):
-            if isinstance(result, Transformed):
+            if isinstance(result, QuarantinedError):  # the transform refused this file with a reason
+                outcomes[key] = FileOutcome(key, None, (result.reason, result.detail))
+            elif isinstance(result, Transformed):
                 outcomes[key] = FileOutcome(key, list(result.chunks), None, result.extra)
             else:
                 outcomes[key] = FileOutcome(key, list(result), None)

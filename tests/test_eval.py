@@ -26,10 +26,9 @@ from rag.cli import main
 from rag.config import Settings
 from rag.eval import EvaluationInputError
 from rag.eval.access import check_access, read_probes, source_documents, source_rules
-from rag.eval.pii import IngestionRedaction, load_corpus, read_labels
+from rag.eval.pii import read_labels, redact_like_ingestion
 from rag.eval.retrieval import DocumentNames
 from rag.eval.topics import read_qrels, read_topics
-from rag.parsing import ParseLimits
 from rag.query import QueryEngine
 
 FIXTURES = TESTS / "fixtures" / "eval"
@@ -214,11 +213,10 @@ def test_pii_eval_redacts_exactly_what_ingestion_stored(ingested: Ingested) -> N
         for uri, text in s.execute(select(Document.uri, Chunk.text).join(Chunk).order_by(Chunk.ordinal)):
             stored.setdefault(uri, []).append(text)
     catalog.dispose()
-    corpus = load_corpus(ingested.pii_docs, read_labels(PII / "labels.jsonl"), ParseLimits.from_settings(settings))
-    redaction = IngestionRedaction(settings.policy, settings.policies_dir, b"")
-    for doc in corpus.documents:
-        red = redaction.redact(doc)
-        assert red is not None and list(red.chunks) == stored[doc.name], doc.name
+    run = redact_like_ingestion(ingested.pii_docs, read_labels(PII / "labels.jsonl"), settings, settings.policy, b"")
+    assert run.documents and set(run.quarantined) == {"empty.txt"}
+    for name, _, red in run.documents:
+        assert list(red.chunks) == stored[name], name
 
 
 # -- access ----------------------------------------------------------------------------------

@@ -118,18 +118,17 @@ def test_no_labelled_pii_is_stored_beyond_what_the_recall_report_admits(enclave_
     out = run_ingest(str(corpus / "docs"), source_name="pii", groups=["staff"], log_level="DEBUG")
     assert out.success, out.failure
 
-    from rag.eval.pii import IngestionRedaction, evaluate_pii, load_corpus, read_labels, read_must
-    from rag.parsing import ParseLimits
+    from rag.eval.pii import evaluate_pii_files, read_labels, read_must
 
     def norm(s: str) -> str:
         return " ".join(s.split())
 
     # The recall report, as `enclave eval pii` makes it: which labelled values survive redaction.
-    docs = load_corpus(corpus / "docs", read_labels(corpus / "labels.jsonl"), ParseLimits.from_settings(Settings()))
+    labels = read_labels(corpus / "labels.jsonl")
     must = read_must(corpus / "must_redact.json")
-    report = evaluate_pii(IngestionRedaction("default", ROOT / "policies", b""), docs, must).to_json()
+    report = evaluate_pii_files(corpus / "docs", labels, Settings(), "default", b"", must).to_json()
     # values under five characters (a house number, "Eva") match unrelated bytes anywhere
-    labelled = {norm(lab.value) for d in docs.documents for lab in d.labels
+    labelled = {norm(lab.value) for file_labels in labels.values() for lab in file_labels
                 if lab.entity_type in must and len(norm(lab.value)) >= 5}
     admitted = {norm(leak["value"]) for leak in report["leaked_values"]} & labelled
 

@@ -98,16 +98,13 @@ def eval_pii(docs_dir: str, labels_file: str, policy: str, must_file: str | None
     """Redact labelled documents exactly as ingestion would (nothing is stored) and count what survives."""
     from pathlib import Path
 
-    from rag.eval.pii import IngestionRedaction, evaluate_pii, load_corpus, read_labels, read_must
+    from rag.eval.pii import evaluate_pii_files, read_labels, read_must
     from rag.eval.report import Section
-    from rag.parsing import ParseLimits
 
     settings = load_settings()
     must = read_must(Path(must_file)) if must_file else None
-    corpus = load_corpus(Path(docs_dir), read_labels(Path(labels_file)), ParseLimits.from_settings(settings))
-    redaction = IngestionRedaction(policy or settings.policy, settings.policies_dir,
-                                   settings.tenant_key.get_secret_value().encode())
-    data = evaluate_pii(redaction, corpus, must, must_file or "policy").to_json()
+    data = evaluate_pii_files(Path(docs_dir), read_labels(Path(labels_file)), settings, policy or settings.policy,
+                              settings.tenant_key.get_secret_value().encode(), must, must_file or "policy").to_json()
     types, overall = data["types"], data["overall"]
 
     def sections() -> list[Section]:

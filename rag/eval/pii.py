@@ -1,9 +1,11 @@
 """PII leakage of a redaction policy on labelled documents, measured exactly as ingestion redacts.
 
-Nothing is ingested. Each labelled file is parsed and chunked as the parse workers do
-(:func:`rag.parsing.parse_file` with the ingestion limits) and its chunks go through ingestion's
-own :class:`~rag.ingest.RedactionTransform` (batched, to a fixpoint); the text it returns is the
-text ingestion would store. A labelled value *leaks* when it survives in that text as a whole
+Nothing is ingested. The labelled files go through ingestion's own worker path: the same
+:class:`~rag.workers.ParsePool` (worker count, memory cap, time limit, parse limits from the
+settings) with ingestion's :class:`~rag.ingest.RedactionTransform` (batched, to a fixpoint, then
+the residual check), asked only to also send back what each pass removed. The text it returns is
+the text ingestion would store, and a file it quarantines is reported as ingestion would record
+it. A labelled value *leaks* when it survives in that text as a whole
 word, in any letter case and with any whitespace between its words. Precision is the share of
 removed spans that overlap such an occurrence of a labelled value of any type (organisations and
 places count as PII-like context). A file
@@ -20,15 +22,19 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from rag.errors import QuarantinedError, QuarantineReason
+from rag.errors import QuarantinedError
 from rag.eval import EvaluationInputError, read_jsonl
-from rag.ingest import RedactionNotConvergedError, RedactionTransform
+from rag.ingest import redaction_transform_factory
 from rag.parsing import ParsedChunk, ParseLimits, parse_file
-from rag.redaction import Finding, PresidioRedactor, RedactionResult
+from rag.policy import Policy, load_policy, resolve_policy_path
+from rag.workers import FileJob, ParsePool
+
+if TYPE_CHECKING:
+    from rag.config import Settings
 
 Spans = tuple[tuple[str, int, int], ...]  # (entity type, start, end)
 
@@ -101,7 +107,8 @@ def read_must(path: Path) -> frozenset[str]:
 
 
 def load_corpus(docs_dir: Path, labels: dict[str, tuple[Label, ...]], limits: ParseLimits) -> Corpus:
-    """Parse and chunk every labelled file as ingestion does; what ingestion would quarantine is set apart."""
+    """Parse and chunk every labelled file in this process, as a parse worker does (for comparisons
+    such as bench/pii_recall.py's baseline); what parsing would quarantine is set apart."""
     # unstructured prints a banner on stdout unless told not to; the parse workers say so too.
     os.environ.setdefault("UNSTRUCTURED_DISABLE_NOTICE", "1")
     documents, quarantined, missing = [], {}, []
@@ -121,46 +128,42 @@ def load_corpus(docs_dir: Path, labels: dict[str, tuple[Label, ...]], limits: Pa
     return Corpus(tuple(documents), quarantined, tuple(missing))
 
 
-class _PassRecorder:
-    """Stands in for the transform's redactor and keeps what each pass analysed and removed.
+@dataclass(frozen=True)
+class RedactionRun:
+    """What ingestion's redaction step made of each labelled file: stored text or a quarantine."""
 
-    ``redact_many`` is detect then redact (the Presidio split), so the text returned is the
-    redactor's own; anything else the transform asks of its redactor goes to the real one.
-    """
-
-    def __init__(self, redactor: PresidioRedactor) -> None:
-        self.redactor = redactor
-        self.passes: list[tuple[list[str], list[list[Finding]]]] = []
-
-    def redact_many(self, texts: list[str]) -> list[RedactionResult]:
-        found = self.redactor.detect_many(texts)
-        self.passes.append((list(texts), found))
-        return [self.redactor.redact(t, f) for t, f in zip(texts, found, strict=True)]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.redactor, name)
+    documents: tuple[tuple[str, tuple[Label, ...], RedactedDocument], ...]
+    quarantined: dict[str, str]  # labelled file → quarantine reason
+    missing: tuple[str, ...]  # labelled files that are not in the directory
 
 
-class IngestionRedaction:
-    """Ingestion's redaction step for one policy, run in this process on parsed documents."""
-
-    def __init__(self, policy_ref: str, policies_dir: Path, tenant_key: bytes) -> None:
-        self.transform = RedactionTransform(policy_ref, str(policies_dir), tenant_key)
-        self.redactor: PresidioRedactor = self.transform.redactor
-        self._recorder = _PassRecorder(self.redactor)
-        self.transform.redactor = self._recorder  # type: ignore[assignment]  # duck-typed: the transform calls redact_many
-
-    def redact(self, document: LabelledDocument) -> RedactedDocument | None:
-        """The document's stored chunks, or None where ingestion would quarantine it (redaction_failed)."""
-        self._recorder.passes.clear()
-        try:
-            [stored] = self.transform([(document.name, list(document.chunks))])
-        except RedactionNotConvergedError:
-            return None
-        removals = tuple((text, tuple((f.entity_type, f.start, f.end) for f in found))
-                         for texts, findings in self._recorder.passes
-                         for text, found in zip(texts, findings, strict=True))
-        return RedactedDocument(tuple(c.text for c in stored), removals)
+def redact_like_ingestion(docs_dir: Path, labels: dict[str, tuple[Label, ...]], settings: Settings,
+                          policy_ref: str, tenant_key: bytes) -> RedactionRun:
+    """Run the labelled files through ingestion's worker pool and redaction transform; store nothing."""
+    ref = str(resolve_policy_path(policy_ref, settings.policies_dir).resolve())
+    factory = redaction_transform_factory(ref, str(settings.policies_dir), tenant_key, record_removals=True)
+    jobs, missing = [], []
+    for name in sorted(labels):
+        path = Path(docs_dir) / name
+        if not path.is_file():
+            missing.append(name)
+            continue
+        jobs.append(FileJob(key=name, filename=path.name, data=path.read_bytes()))
+    if not jobs:
+        raise EvaluationInputError(f"none of the {len(labels)} labelled files is in {docs_dir}")
+    documents: dict[str, RedactedDocument] = {}
+    quarantined: dict[str, str] = {}
+    with ParsePool(workers=min(settings.parse_workers, len(jobs)), timeout_s=settings.parse_timeout_s,
+                   memory_mb=settings.parse_memory_mb, limits=ParseLimits.from_settings(settings),
+                   transform_factory=factory) as pool:
+        for outcome in pool.process(jobs):
+            if outcome.quarantine is not None:
+                quarantined[outcome.key] = str(outcome.quarantine[0])
+                continue
+            removals = tuple(step for chunk_passes in (outcome.extra or ()) for step in chunk_passes)
+            documents[outcome.key] = RedactedDocument(tuple(c.text for c in outcome.chunks or ()), removals)
+    return RedactionRun(tuple((n, labels[n], documents[n]) for n in sorted(documents)), quarantined,
+                        tuple(missing))
 
 
 @dataclass
@@ -195,20 +198,21 @@ def _label_spans(text: str, labels: Sequence[Label]) -> list[tuple[int, int]]:
     return spans
 
 
-def score(documents: Sequence[LabelledDocument], redacted: Sequence[RedactedDocument]) -> PiiScore:
-    """Leaks of every labelled type, and precision of every removed span."""
+def score(documents: Sequence[tuple[str, Sequence[Label]]], redacted: Sequence[RedactedDocument]) -> PiiScore:
+    """Leaks of every labelled type, and precision of every removed span; ``documents`` are
+    ``(name, labels)`` in the order of ``redacted``."""
     s = PiiScore()
-    for doc, red in zip(documents, redacted, strict=True):
+    for (name, labels), red in zip(documents, redacted, strict=True):
         stored = "\n".join(red.chunks)
-        for label in doc.labels:
+        for label in labels:
             if not label.value.split():
                 continue
             s.labelled[label.entity_type] += 1
             if _value_pattern(label.value).search(stored):
                 s.leaked[label.entity_type] += 1
-                s.leaked_values.append((label.entity_type, doc.name, label.value))
+                s.leaked_values.append((label.entity_type, name, label.value))
         for text, spans in red.removals:
-            pii = _label_spans(text, doc.labels)
+            pii = _label_spans(text, labels)
             for etype, a, b in spans:
                 s.removed_spans += 1
                 s.removed_by_type[etype] += 1
@@ -224,8 +228,7 @@ class PiiReport:
     in_policy: frozenset[str]
     must: frozenset[str]
     must_from: str  # the --must file, or "policy"
-    corpus: Corpus
-    redaction_failed: tuple[str, ...]
+    run: RedactionRun
     score: PiiScore
 
     def to_json(self) -> dict[str, Any]:
@@ -233,14 +236,13 @@ class PiiReport:
         types = {t: {"labelled": s.labelled[t], "leaked": s.leaked[t], "recall": s.recall([t]),
                      "must_redact": t in self.must, "in_policy": t in self.in_policy}
                  for t in sorted(s.labelled)}
-        quarantined = dict(self.corpus.quarantined) | dict.fromkeys(
-            self.redaction_failed, QuarantineReason.REDACTION_FAILED.value)
         return {
             "policy": self.policy, "policy_hash": self.policy_hash, "must_redact": sorted(self.must),
             "must_redact_from": self.must_from,
-            "documents": len(self.corpus.documents) - len(self.redaction_failed),
-            "chunks": sum(len(d.chunks) for d in self.corpus.documents if d.name not in self.redaction_failed),
-            "quarantined": quarantined, "missing": list(self.corpus.missing), "types": types,
+            "documents": len(self.run.documents),
+            "chunks": sum(len(red.chunks) for _, _, red in self.run.documents),
+            "quarantined": dict(sorted(self.run.quarantined.items())), "missing": list(self.run.missing),
+            "types": types,
             "overall": {"labelled": sum(s.labelled[t] for t in self.must),
                         "leaked": sum(s.leaked[t] for t in self.must),
                         "recall": s.recall(self.must), "precision": s.precision(),
@@ -250,18 +252,19 @@ class PiiReport:
         }
 
 
-def evaluate_pii(redaction: IngestionRedaction, corpus: Corpus, must: frozenset[str] | None = None,
+def evaluate_pii(run: RedactionRun, policy: Policy, must: frozenset[str] | None = None,
                  must_from: str = "policy") -> PiiReport:
-    """Redact every parsed document as ingestion would and score it; ``must`` defaults to the policy's types."""
-    policy = redaction.redactor.policy
-    kept, redacted, failed = [], [], []
-    for doc in corpus.documents:
-        out = redaction.redact(doc)
-        if out is None:
-            failed.append(doc.name)
-        else:
-            kept.append(doc)
-            redacted.append(out)
+    """Score what ingestion's redaction made of each file; ``must`` defaults to the policy's types."""
     return PiiReport(policy.name, policy.content_hash, frozenset(policy.entities),
-                     frozenset(policy.entities) if must is None else must, must_from, corpus, tuple(failed),
-                     score(kept, redacted))
+                     frozenset(policy.entities) if must is None else must, must_from, run,
+                     score([(name, labels) for name, labels, _ in run.documents],
+                           [red for _, _, red in run.documents]))
+
+
+def evaluate_pii_files(docs_dir: Path, labels: dict[str, tuple[Label, ...]], settings: Settings,
+                       policy_ref: str, tenant_key: bytes, must: frozenset[str] | None = None,
+                       must_from: str = "policy") -> PiiReport:
+    """Redact the labelled files exactly as ingestion would, then score them."""
+    policy = load_policy(policy_ref, settings.policies_dir)
+    return evaluate_pii(redact_like_ingestion(docs_dir, labels, settings, policy_ref, tenant_key), policy,
+                        must, must_from)
