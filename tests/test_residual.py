@@ -102,7 +102,7 @@ def test_a_document_redaction_left_a_name_in_is_quarantined_and_nothing_of_it_is
     (docs / "rota.txt").write_text("Ward rota\n\nThe night shift starts at eight; badges are worn at all times.\n")
     out = run_ingest(str(docs), source_name="clinic", policy=str(_write_ner_only_policy(tmp_path)), public=True)
     assert out.success, out.failure
-    assert out.counts["quarantine_by_reason"] == {"residual_pii": 1}
+    assert out.counts.quarantine_by_reason == {"residual_pii": 1}
     settings = Settings(home=enclave_home)
     catalog = CatalogStore(settings.database_url)
     with catalog.session() as s:
