@@ -200,8 +200,11 @@ class FaissIndex:
             return int(self._index.ntotal) - len(self._tombstones)
 
     def reconcile(self, desired_ids: np.ndarray, fetch: Callable[[np.ndarray], np.ndarray],
-                  batch: int = 4096) -> ReconcileReport:
-        """Make the index hold exactly ``desired_ids``; ``fetch`` returns their vectors from the catalog."""
+                  batch: int = 4096, compact: bool = False) -> ReconcileReport:
+        """Make the index hold exactly ``desired_ids``; ``fetch`` returns their vectors from the catalog.
+
+        ``compact`` (erasure) rebuilds instead of leaving tombstones, so no removed vector stays in the file.
+        """
         with self._lock:
             desired = np.unique(desired_ids.astype(np.int64))
             present = self.ids()
@@ -210,7 +213,8 @@ class FaissIndex:
             want_kind = "hnsw" if len(desired) > self.exact_max else "flat"
             tomb_after = len(self._tombstones) + (len(to_remove) if self.kind == "hnsw" else 0)
             rebuild = want_kind != self.kind or (
-                self._index.ntotal > 0 and tomb_after > TOMBSTONE_REBUILD_FRACTION * self._index.ntotal)
+                self._index.ntotal > 0 and tomb_after > TOMBSTONE_REBUILD_FRACTION * self._index.ntotal) or (
+                compact and tomb_after > 0)
             if rebuild:
                 index = self._empty(want_kind)
                 for start in range(0, len(desired), batch):

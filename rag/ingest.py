@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from connectors.base import AccessRule, Connector, SourceDocument
 from rag.catalog.store import CatalogStore, NewChunk
+from rag.lifecycle.subjects import subject_key
 from rag.errors import (
     AccessRuleMissingError,
     ConfigurationError,
@@ -349,6 +350,7 @@ class RedactionTransform:
         self.residual.warm_up()
         self.recheck_fraction = recheck_fraction
         self.record_removals = record_removals
+        self.tenant_key = tenant_key
 
     def _leave_for_recheck(self, content_hash: str) -> bool:
         """A deterministic sample (by content hash) that the no_residual_pii check scans again."""
@@ -358,9 +360,11 @@ class RedactionTransform:
         """Redact until the detector finds nothing more (at most MAX_PASSES).
 
         Replacing one value changes the context of its neighbours, so a second pass can see what
-        the first could not (a surname once the first name became a placeholder).
+        the first could not (a surname once the first name became a placeholder). Each removed
+        value's keyed subject key (never the value) is kept in ``self.subjects``, per text.
         """
         out = [(t, Counter[str]()) for t in texts]
+        self.subjects: list[set[tuple[str, str]]] = [set() for _ in texts]
         removals: list[list[tuple[str, tuple[tuple[str, int, int], ...]]]] = [[] for _ in texts]
         pending = list(range(len(texts)))
         for _ in range(MAX_PASSES):
@@ -372,6 +376,8 @@ class RedactionTransform:
             for i, text, findings in zip(pending, batch, found, strict=True):
                 if self.record_removals:
                     removals[i].append((text, tuple((f.entity_type, f.start, f.end) for f in findings)))
+                self.subjects[i].update((f.entity_type, subject_key(self.tenant_key, text[f.start:f.end]))
+                                        for f in findings)
                 r = self.redactor.redact(text, findings)
                 if r.counts and r.text != text:
                     out[i][1].update(r.counts)
@@ -403,12 +409,13 @@ class RedactionTransform:
                 k += n
                 continue
             stored: list[NewChunk] = []
-            for c, (text, counts) in zip(chunks, redacted[k:k + n], strict=True):
+            for c, (text, counts), subjects in zip(chunks, redacted[k:k + n], self.subjects[k:k + n], strict=True):
                 digest = hashlib.sha256(text.encode()).hexdigest()
                 # the residual check passed exactly this text here; a sample is scanned again by
                 # no_residual_pii in the main process, to catch a worker and the check disagreeing
                 stored.append(NewChunk(ordinal=c.ordinal, text=text, content_hash=digest, page=c.page,
-                                       entity_counts=dict(counts), pii_checked=not self._leave_for_recheck(digest)))
+                                       entity_counts=dict(counts), pii_checked=not self._leave_for_recheck(digest),
+                                       subjects=tuple(sorted(subjects))))
             out.append(Transformed(stored, removals[k:k + n]) if self.record_removals else stored)
             k += n
         return out

@@ -74,6 +74,12 @@ class Bm25Index:
             self._generations.publish(write)
             return len(ids)
 
+    def ids(self) -> np.ndarray:
+        """The chunk ids the saved generation indexes (erasure counts its postings by them)."""
+        with self._lock:
+            self._load()
+            return np.array(self._ids, dtype=np.int64)
+
     def search(self, query: str, k: int, allowed_ids: np.ndarray | None = None) -> list[tuple[int, float]]:
         """Top-k (chunk id, score), over ``allowed_ids`` only when given (filter before ranking)."""
         with self._lock:

@@ -31,10 +31,14 @@ from rag.errors import AuditIntegrityError
 GENESIS_HASH = "0" * 64
 # 2 added authenticated_via (how the caller's identity was verified) and llm_distribution (which
 # installed distribution provided the generator). Records keep the version they were written in.
-RECORD_FORMAT_VERSION = 2
+# 3 (issue 14) added event: what a compliance action did (an erasure receipt's digest and counts, a
+# hold change, a re-identification), never the personal data it acted on; null on request records.
+RECORD_FORMAT_VERSION = 3
 _ADDED_IN_V2 = ("authenticated_via", "llm_distribution")
+_ADDED_IN_V3 = ("event",)
 
-Kind = Literal["search", "ask", "chat"]
+# search, ask and chat are requests; the others are compliance actions (rag.lifecycle).
+Kind = Literal["search", "ask", "chat", "erase", "hold", "reveal", "retention"]
 Outcome = Literal["ok", "no_results", "invalid_answer", "error", "timeout"]
 SamplingValue = str | int | float | bool | None
 
@@ -127,6 +131,7 @@ class AuditEntry:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     error_type: str | None = None
+    event: Mapping[str, Any] | None = None
     ts: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def __post_init__(self) -> None:
@@ -180,6 +185,7 @@ class AuditEntry:
             "latency_ms": self.latency_ms,
             "outcome": self.outcome,
             "error_type": self.error_type,
+            "event": dict(self.event) if self.event is not None else None,
         }
 
     @classmethod
@@ -197,7 +203,7 @@ class AuditEntry:
             sampling=body["sampling"], prompt_template_version=body["prompt_template_version"],
             answer=body["answer"], answer_hash=body["answer_hash"], prompt_tokens=body["prompt_tokens"],
             completion_tokens=body["completion_tokens"], latency_ms=body["latency_ms"], outcome=body["outcome"],
-            error_type=body["error_type"],
+            error_type=body["error_type"], event=body.get("event"),
         )
 
 
@@ -207,8 +213,9 @@ RECORD_FIELDS: tuple[str, ...] = ("v", "seq", "prev_hash", *AuditEntry(
 ).to_json().keys())
 # The keys each format version's records carry.
 FIELDS_BY_VERSION: dict[int, tuple[str, ...]] = {
-    1: tuple(f for f in RECORD_FIELDS if f not in _ADDED_IN_V2),
-    2: RECORD_FIELDS,
+    1: tuple(f for f in RECORD_FIELDS if f not in _ADDED_IN_V2 + _ADDED_IN_V3),
+    2: tuple(f for f in RECORD_FIELDS if f not in _ADDED_IN_V3),
+    3: RECORD_FIELDS,
 }
 
 

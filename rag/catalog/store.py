@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from rag.catalog.models import Chunk, Document, IngestionRun, QuarantineRecord, Source, utcnow
 from rag.database import make_engine, upgrade_schema
 from rag.errors import IndexIntegrityError
+from rag.lifecycle.models import SubjectChunk
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -53,6 +54,8 @@ class NewChunk:
     # True when the redacting worker's last detection pass over exactly this text found nothing;
     # the no_residual_pii check then re-scans only a sample of such chunks.
     pii_checked: bool = False
+    # (entity type, keyed subject key) of each value redaction removed (rag.lifecycle.subjects)
+    subjects: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -198,11 +201,16 @@ class CatalogStore:
             doc.policy_name, doc.policy_hash, doc.pipeline_version = policy_name, policy_hash, pipeline_version
             doc.entity_counts, doc.updated_at = counts, utcnow()
             s.flush()
-            s.add_all(Chunk(document_id=doc.id, document_version=doc.version, ordinal=c.ordinal, text=c.text,
-                            content_hash=c.content_hash, page=c.page, access=access,
-                            policy_name=policy_name, policy_hash=policy_hash, entity_counts=c.entity_counts,
-                            pii_checked=c.pii_checked)
-                      for c in chunks)
+            rows = [Chunk(document_id=doc.id, document_version=doc.version, ordinal=c.ordinal, text=c.text,
+                          content_hash=c.content_hash, page=c.page, access=access,
+                          policy_name=policy_name, policy_hash=policy_hash, entity_counts=c.entity_counts,
+                          pii_checked=c.pii_checked)
+                    for c in chunks]
+            s.add_all(rows)
+            if any(c.subjects for c in chunks):
+                s.flush()  # chunk ids for the subject index
+                s.add_all(SubjectChunk(chunk_id=row.id, entity_type=entity, subject_key=key)
+                          for row, c in zip(rows, chunks, strict=True) for entity, key in c.subjects)
             s.execute(delete(QuarantineRecord).where(QuarantineRecord.source_id == source_id,
                                                      QuarantineRecord.uri == uri))
             return doc.id, doc.version
@@ -235,6 +243,39 @@ class CatalogStore:
                 s.execute(delete(QuarantineRecord).where(QuarantineRecord.source_id == source_id,
                                                          QuarantineRecord.uri.in_(batch)))
         return removed
+
+    def delete_chunks(self, ids: Sequence[int]) -> int:
+        """Remove single chunks (a subject's erasure); their documents keep their other chunks."""
+        removed = 0
+        with self.session() as s, s.begin():
+            for start in range(0, len(ids), 500):
+                result = s.execute(delete(Chunk).where(Chunk.id.in_([int(x) for x in ids[start:start + 500]])))
+                removed += int(getattr(result, "rowcount", 0) or 0)
+        return removed
+
+    def compact(self) -> None:
+        """Rewrite the database files so deleted rows leave no bytes behind (erasure).
+
+        SQLite: ``VACUUM`` rebuilds the file without free pages, then a truncating WAL checkpoint
+        empties the write-ahead log that still held the old pages. PostgreSQL: ``VACUUM FULL``
+        rewrites the tables that held text or keys (the server's own WAL and backups are the
+        operator's to rotate). Both need no open transaction.
+        """
+        backend = self.engine.dialect.name
+        with self.engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            assert raw is not None
+            if backend == "sqlite":
+                raw.execute("VACUUM")
+                raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            elif backend == "postgresql":
+                raw.autocommit = True  # type: ignore[attr-defined]  # psycopg's connection; VACUUM refuses a transaction
+                try:
+                    with raw.cursor() as cur:
+                        cur.execute("VACUUM FULL chunks, documents, quarantine, lifecycle_subjects, lifecycle_vault")
+                finally:
+                    raw.autocommit = False  # type: ignore[attr-defined]
+            conn.invalidate()  # never hand this connection back to the pool in a changed mode
 
     # --- chunks and embeddings --------------------------------------------------------------------
 

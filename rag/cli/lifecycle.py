@@ -1,0 +1,150 @@
+"""``enclave erase``, ``erase verify`` and ``hold``: the compliance officer's lifecycle commands.
+
+Thin shells over :mod:`rag.lifecycle`; the operator names themself with ``--user`` (recorded in
+the audit log with ``authenticated_via: cli``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rag.config import load_settings
+
+_USER = click.option("--user", required=True, help="Who acts (recorded in the audit log).")
+
+
+def _stores() -> Any:
+    from rag.lifecycle.erase import LifecycleStores
+
+    return LifecycleStores.from_settings(load_settings())
+
+
+def _write_receipt(receipt: dict[str, Any], out: str | None) -> None:
+    text = json.dumps(receipt, indent=2, sort_keys=True)
+    if out:
+        Path(out).write_text(text + "\n", encoding="utf-8")
+        body = receipt["receipt"]
+        state = "complete" if body["complete"] else "INCOMPLETE (a probe found erased content; see probes)"
+        click.echo(f"erased {len(body['documents'])} document(s), "
+                   f"{body['counts']['before']['catalog_chunks']} chunk(s): {state}; receipt {out} "
+                   f"(audit seq {receipt['audit']['seq']})")
+    else:
+        click.echo(text)
+    if not receipt["receipt"]["complete"]:
+        sys.exit(1)
+
+
+@click.group(invoke_without_command=True)
+@click.option("--document", "uri", default=None, help="The document's uri, as `enclave chunks` shows it.")
+@click.option("--source", default=None, help="Only the document of this source (default: every source).")
+@click.option("--subject", default=None, help="A value identifying a data subject (a name, an e-mail...).")
+@click.option("--type", "entity_type", default=None, help="Only where the subject was found as this entity type.")
+@click.option("--user", default=None, help="Who erases (recorded in the audit log and the receipt).")
+@click.option("--receipt", "out", type=click.Path(dir_okay=False), default=None,
+              help="Write the receipt here (default: print it).")
+@click.pass_context
+def erase(ctx: click.Context, uri: str | None, source: str | None, subject: str | None, entity_type: str | None,
+          user: str | None, out: str | None) -> None:
+    """Erase a document or a data subject from every store, with a receipt sealed in the audit chain."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if (uri is None) == (subject is None):
+        raise click.UsageError("name exactly one of --document URI or --subject VALUE")
+    if not user:
+        raise click.UsageError("--user is required: the receipt and the audit record name who erased")
+    from rag.lifecycle.erase import erase_document, erase_subject
+
+    stores = _stores()
+    try:
+        if uri is not None:
+            receipt = erase_document(stores, uri, user=user, source=source)
+        else:
+            assert subject is not None
+            receipt = erase_subject(stores, subject, user=user, entity_type=entity_type)
+    finally:
+        stores.close()
+    _write_receipt(receipt, out)
+
+
+@erase.command("verify")
+@click.argument("receipt_file", type=click.Path(exists=True, dir_okay=False))
+def erase_verify(receipt_file: str) -> None:
+    """Check a receipt against the audit chain; exit 1 when it was edited or its record is not there."""
+    from rag.audit import AuditLog
+    from rag.lifecycle.receipts import load_receipt, verify_receipt
+
+    receipt = load_receipt(Path(receipt_file))
+    log = AuditLog(load_settings().audit_database_url)
+    log.migrate()
+    try:
+        check = verify_receipt(receipt, log)
+    finally:
+        log.dispose()
+    if check.ok:
+        click.echo(f"ok: receipt sealed at audit seq {check.seq}, unedited, chain verifies")
+        return
+    click.echo(f"INVALID: {check.problem}", err=True)
+    sys.exit(1)
+
+
+@click.group()
+def hold() -> None:
+    """Place, list and release legal holds (held documents are never erased)."""
+
+
+def _hold_target(uri: str | None, source: str | None) -> tuple[str, str]:
+    if (uri is None) == (source is None):
+        raise click.UsageError("name exactly one of --document URI or --source NAME")
+    return ("document", uri) if uri is not None else ("source", source)  # type: ignore[return-value]  # one is set
+
+
+@hold.command("add")
+@click.option("--document", "uri", default=None)
+@click.option("--source", default=None)
+@click.option("--reason", required=True, help="Why (a matter, a case number): named in every refusal.")
+@_USER
+def hold_add(uri: str | None, source: str | None, reason: str, user: str) -> None:
+    """Place a hold on a document (every source) or a whole source."""
+    scope, target = _hold_target(uri, source)
+    stores = _stores()
+    try:
+        view = stores.holds().add(scope=scope, target=target, reason=reason, user=user)
+    finally:
+        stores.close()
+    click.echo(f"placed {view.describe()}")
+
+
+@hold.command("list")
+@click.option("--all", "include_released", is_flag=True, help="Include released holds.")
+def hold_list(include_released: bool) -> None:
+    """List active holds (and released ones with --all)."""
+    stores = _stores()
+    try:
+        views = stores.holds().list(include_released)
+    finally:
+        stores.close()
+    for v in views:
+        released = f"  released by {v.released_by} at {v.released_at:%Y-%m-%d %H:%M}" if v.released_at else ""
+        click.echo(f"#{v.id}\t{v.scope}\t{v.target}\t{v.reason}\t{v.created_by}\t{v.created_at:%Y-%m-%d %H:%M}"
+                   f"{released}")
+    if not views:
+        click.echo("no holds")
+
+
+@hold.command("release")
+@click.argument("hold_id", type=int)
+@click.option("--reason", default="", help="Why the hold ends (recorded in the audit log).")
+@_USER
+def hold_release(hold_id: int, reason: str, user: str) -> None:
+    """Release a hold by its id."""
+    stores = _stores()
+    try:
+        view = stores.holds().release(hold_id, user=user, reason=reason)
+    finally:
+        stores.close()
+    click.echo(f"released {view.describe()}")
