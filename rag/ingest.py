@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from connectors.base import AccessRule, Connector, SourceDocument
 from rag.catalog.store import CatalogStore, NewChunk
-from rag.lifecycle.subjects import subject_key
 from rag.errors import (
     AccessRuleMissingError,
     ConfigurationError,
@@ -47,6 +46,7 @@ from rag.errors import (
     QuarantinedError,
     QuarantineReason,
 )
+from rag.lifecycle.subjects import subject_key
 from rag.parsing import ParsedChunk, ParseLimits
 from rag.policy import Policy, load_policy, resolve_policy_path
 from rag.workers import FileJob, ParsePool, Transformed

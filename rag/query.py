@@ -27,6 +27,7 @@ from rag.config import Settings
 from rag.embedding import SentenceTransformerEmbedder
 from rag.index import FaissIndex
 from rag.lexical import Bm25Index
+from rag.lifecycle.subjects import without_tokens
 from rag.llm.base import Generator, SamplingParams
 from rag.plugins import distribution_of
 from rag.policy import Policy, load_policy
@@ -121,7 +122,7 @@ class QueryEngine:
         hits = result.hits if result is not None else ()
         return AuditEntry(
             request_id=request_id, kind=kind, user=user, groups=groups, authenticated_via=via, purpose=purpose,
-            question_redacted=result.question if result is not None else "",
+            question_redacted=without_tokens(result.question) if result is not None else "",
             question_hash=self.question_hash(question, result.question if result is not None else None),
             chunks=tuple(RetrievedChunkRecord(h.chunk_id, h.document_id, h.document_version, h.content_hash,
                                               float(h.score), h.chunk_id in shown) for h in hits),

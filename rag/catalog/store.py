@@ -269,12 +269,13 @@ class CatalogStore:
                 raw.execute("VACUUM")
                 raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             elif backend == "postgresql":
-                raw.autocommit = True  # type: ignore[attr-defined]  # psycopg's connection; VACUUM refuses a transaction
+                raw.autocommit = True  # psycopg's connection: VACUUM refuses to run in a transaction
                 try:
-                    with raw.cursor() as cur:
-                        cur.execute("VACUUM FULL chunks, documents, quarantine, lifecycle_subjects, lifecycle_vault")
+                    cur = raw.cursor()
+                    cur.execute("VACUUM FULL chunks, documents, quarantine, lifecycle_subjects, lifecycle_vault")
+                    cur.close()
                 finally:
-                    raw.autocommit = False  # type: ignore[attr-defined]
+                    raw.autocommit = False
             conn.invalidate()  # never hand this connection back to the pool in a changed mode
 
     # --- chunks and embeddings --------------------------------------------------------------------

@@ -125,7 +125,7 @@ def hold_list(include_released: bool) -> None:
     """List active holds (and released ones with --all)."""
     stores = _stores()
     try:
-        views = stores.holds().list(include_released)
+        views = stores.holds().all(include_released)
     finally:
         stores.close()
     for v in views:

@@ -287,6 +287,8 @@ def probe(stores: LifecycleStores, needles: Needles, erased: set[int]) -> dict[s
 
 
 def _rewrite_stores(stores: LifecycleStores) -> dict[str, Any]:
+    # generations not in force first (publishing would only unlink them), then the one superseded now
+    stale = remove_stale_generations(stores.index_dir)
     stores.catalog.compact()
     index = stores.vector_index()
     vectors = 0
@@ -297,12 +299,14 @@ def _rewrite_stores(stores: LifecycleStores) -> dict[str, Any]:
         stores.lexical().sync(stores.catalog, desired)
     else:
         stores.lexical().sync(stores.catalog, np.zeros(0, dtype=np.int64))
-    return {"index_vectors_total": vectors, "stale_generations_removed": remove_stale_generations(stores.index_dir)}
+    stale += remove_stale_generations(stores.index_dir)
+    return {"index_vectors_total": vectors, "stale_generations_removed": stale}
 
 
-def _erase(stores: LifecycleStores, target: Target, request: dict[str, Any], *, user: str, via: str,
-           subject: str | None = None, subject_values: Sequence[str] = (), kind: Kind = "erase",
-           extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def erase_target(stores: LifecycleStores, target: Target, request: dict[str, Any], *, user: str, via: str,
+                 subject: str | None = None, subject_values: Sequence[str] = (), kind: Kind = "erase",
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Erase ``target`` (refused, erasing nothing, if any of it is held), probe, and seal the receipt."""
     stores.holds().refuse_if_held((d["uri"], d["source"]) for d in target.documents)
     started = datetime.now(UTC)
     before = _store_counts(stores, target, subject)
@@ -342,7 +346,7 @@ def erase_document(stores: LifecycleStores, uri: str, *, user: str, source: str 
                    via: str = "cli") -> dict[str, Any]:
     """Erase one document (by uri, in every source or in ``source``) from every store; returns its receipt."""
     target = document_target(stores.catalog, uri, source)
-    return _erase(stores, target, {"what": "document", "uri": uri, "source": source}, user=user, via=via)
+    return erase_target(stores, target, {"what": "document", "uri": uri, "source": source}, user=user, via=via)
 
 
 def erase_subject(stores: LifecycleStores, value: str, *, user: str, entity_type: str | None = None,
@@ -358,5 +362,5 @@ def erase_subject(stores: LifecycleStores, value: str, *, user: str, entity_type
     forms = list(dict.fromkeys(f for f in (value, value.strip(), normalise(value), value.upper(), value.title())
                                if len(f.strip()) >= 3))
     forms += [f":{placeholder_token(stores.tenant_key, value)}>", key, *target.vault_tokens]
-    return _erase(stores, target, {"what": "subject", "entity_type": entity_type}, user=user, via=via,
+    return erase_target(stores, target, {"what": "subject", "entity_type": entity_type}, user=user, via=via,
                   subject=key, subject_values=forms)

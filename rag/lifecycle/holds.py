@@ -86,7 +86,7 @@ class HoldRegistry:
                                                 "target": view.target, "reason": reason or None}, via=via)
         return view
 
-    def list(self, include_released: bool = False) -> list[HoldView]:
+    def all(self, include_released: bool = False) -> list[HoldView]:
         with self.catalog.session() as s:
             query = select(Hold).order_by(Hold.id)
             if not include_released:
@@ -95,7 +95,7 @@ class HoldRegistry:
 
     def holds_on(self, uri: str, source: str) -> list[HoldView]:
         """The active holds covering one document of one source."""
-        return [h for h in self.list() if (h.scope == "document" and h.target == uri)
+        return [h for h in self.all() if (h.scope == "document" and h.target == uri)
                 or (h.scope == "source" and h.target == source)]
 
     def refuse_if_held(self, documents: Iterable[tuple[str, str]]) -> None:

@@ -56,9 +56,11 @@ def load_receipt(path: Path) -> dict[str, Any]:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ReceiptInvalidError(f"{path} is not a readable JSON receipt ({type(exc).__name__})") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("receipt"), dict) or not isinstance(data.get("audit"), dict):
+    parts_missing = not isinstance(data, dict) or not all(isinstance(data.get(k), dict) for k in ("receipt", "audit"))
+    if parts_missing:
         raise ReceiptInvalidError(f"{path} is not an erasure receipt: it lacks its 'receipt' or 'audit' part")
-    return data
+    receipt: dict[str, Any] = data
+    return receipt
 
 
 def verify_receipt(receipt: Mapping[str, Any], audit: AuditLog) -> ReceiptCheck:

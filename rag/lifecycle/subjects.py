@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 
 _DOMAIN = b"enclave.subject\x00"
 
@@ -31,3 +32,12 @@ def placeholder_token(tenant_key: bytes, value: str) -> str:
     """The token the redaction ``hash`` operator writes for this value (``<PERSON:1a2b3c4d>``): the same
     HMAC as :meth:`rag.redaction.PresidioRedactor.keyed_token`, kept in step by a test."""
     return hmac.new(tenant_key, normalise(value).encode("utf-8"), hashlib.sha256).hexdigest()[:8]
+
+
+_KEYED_PLACEHOLDER = re.compile(r"<([A-Z][A-Z0-9_]*):[0-9a-f]{8}>")
+
+
+def without_tokens(text: str) -> str:
+    """``<PERSON:1a2b3c4d>`` becomes ``<PERSON>``: what the audit log keeps of a redacted question, so
+    it holds no keyed token that would link a record to a data subject (nothing there to erase)."""
+    return _KEYED_PLACEHOLDER.sub(r"<\1>", text)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from rag.catalog.models import Base
-from rag.lifecycle import models as _lifecycle_models  # noqa: F401  # its tables are the catalog's too
 from rag.database import run_migrations
+from rag.lifecycle import models as _lifecycle_models  # noqa: F401  # its tables are the catalog's too
 
 # the audit log has its own migrations (rag/audit/migrations) and may share this database
 _NOT_OURS = {"audit_records", "enclave_audit_version"}

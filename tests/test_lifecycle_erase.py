@@ -1,0 +1,209 @@
+"""Erasure with real components: a hipaa-redacted corpus ingested twice (two index generations on
+disk), then a document or a data subject erased; probes, receipts, holds and the audit log checked."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from connectors.filesystem import FileShareSource
+from rag.config import Settings, load_settings
+from rag.ingest import IngestionComponents, run_ingestion
+from rag.lifecycle.erase import LifecycleStores, erase_document, erase_subject
+from rag.lifecycle.holds import LegalHoldError
+from rag.lifecycle.probes import scan_bytes
+from rag.lifecycle.receipts import verify_receipt
+from rag.lifecycle.subjects import placeholder_token, subject_key
+
+DISCHARGE = "oncology/discharge-summary.txt"
+SUBJECT = "Margaret Okonkwo"
+# Content only the discharge summary holds (the probes' own windows are checked as well).
+DISCHARGE_PHRASES = (b"right hemicolectomy for stage III colon adenocarcinoma",
+                     b"Mild grade 1 neuropathy in both hands")
+LETTER = ("Clinic letter\n\nDear colleague, I saw Margaret Okonkwo in the oncology clinic today. "
+          "She reports tingling in her fingertips since the last cycle and asks about cold sensitivity. "
+          "We agreed to continue treatment with the reduced oxaliplatin dose and review in a fortnight.\n")
+
+
+def _settings(home: Path) -> Settings:
+    return load_settings(home=home, parse_workers=1, policy="hipaa", database_url="", audit_database_url="")
+
+
+def _ingest(home: Path, corpus: Path) -> None:
+    components = IngestionComponents(_settings(home))
+    try:
+        out = run_ingestion(components, FileShareSource(corpus, name="sample"), "filesystem", str(corpus))
+        assert out.success, out.failure
+    finally:
+        components.close()
+
+
+@pytest.fixture(scope="module")
+def template_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A home ingested twice; the first generation of each index is kept aside on disk (a stale generation)."""
+    root = tmp_path_factory.mktemp("lifecycle")
+    corpus = root / "corpus"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "sample-corpus", corpus)
+    (corpus / "oncology" / "clinic-letter.txt").write_text(LETTER)
+    home = root / "home"
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("ENCLAVE_DATABASE_URL", "ENCLAVE_AUDIT_DATABASE_URL", "ENCLAVE_HOME", "ENCLAVE_TENANT_KEY"):
+            mp.delenv(name, raising=False)
+        _ingest(home, corpus)
+        kept = root / "kept"
+        for name in ("vectors", "bm25"):
+            shutil.copytree(home / "index" / name / "gen-00000001", kept / name)
+        (corpus / "public" / "notice.txt").write_text("The cafeteria opens at seven on weekdays and at nine on "
+                                                      "weekends; the menu is posted by the lifts.\n")
+        _ingest(home, corpus)
+        for name in ("vectors", "bm25"):
+            assert json.loads((home / "index" / name / "manifest.json").read_text())["generation"] == 2
+            shutil.copytree(kept / name, home / "index" / name / "gen-00000001")
+    return home
+
+
+@pytest.fixture
+def stores(template_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LifecycleStores]:
+    home = tmp_path / "home"
+    shutil.copytree(template_home, home)
+    for name in ("ENCLAVE_DATABASE_URL", "ENCLAVE_AUDIT_DATABASE_URL", "ENCLAVE_TENANT_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ENCLAVE_HOME", str(home))
+    built = LifecycleStores.from_settings(_settings(home))
+    yield built
+    built.close()
+
+
+def _generations(home: Path, name: str) -> list[str]:
+    return sorted(p.name for p in (home / "index" / name).glob("gen-*"))
+
+
+def test_erasing_a_document_removes_every_byte_of_it_from_every_generation_and_the_receipt_verifies(
+        stores: LifecycleStores) -> None:
+    home = stores.home
+    assert _generations(home, "vectors") == ["gen-00000001", "gen-00000002"]
+    assert scan_bytes([home], DISCHARGE_PHRASES).hits  # the probe sees the text while it is there
+    doc_chunks = [c for c, v in stores.catalog.chunk_views(stores.catalog.live_chunk_ids().tolist()).items()
+                  if v.source_uri == DISCHARGE]
+    assert doc_chunks
+
+    receipt = erase_document(stores, DISCHARGE, user="dpo")
+
+    body = receipt["receipt"]
+    assert body["complete"] and body["probes"]["clean"], body["probes"]
+    assert body["probes"]["needles"]["text_windows"] > 0 and body["probes"]["needles"]["vector_prefixes"] > 0
+    before, after = body["counts"]["before"], body["counts"]["after"]
+    assert before["catalog_chunks"] == before["index_vectors"] == before["bm25_postings"] == len(doc_chunks)
+    assert set(after.values()) == {0}
+    assert body["generations"]["before"]["vectors"] == "gen-00000002"
+    assert body["generations"]["after"]["vectors"] == "gen-00000003"
+    assert body["rewrite"]["stale_generations_removed"] == 2
+    assert _generations(home, "vectors") == ["gen-00000003"] and _generations(home, "bm25") == ["gen-00000003"]
+    # independently of the receipt: no byte under ENCLAVE_HOME holds the text, and searches miss it
+    assert scan_bytes([home], DISCHARGE_PHRASES).hits == {}
+    erased = set(doc_chunks)
+    assert not erased & set(stores.lexical().ids().tolist())
+    index = stores.vector_index()
+    assert index is not None and not erased & set(index.ids().tolist())
+    assert all(i not in erased for i, _ in stores.lexical().search("hemicolectomy adenocarcinoma neuropathy", 10))
+    assert stores.catalog.counts().documents == 7  # the others stay
+
+    assert verify_receipt(receipt, stores.audit).ok
+    edited = json.loads(json.dumps(receipt))
+    edited["receipt"]["counts"]["before"]["catalog_chunks"] += 1
+    check = verify_receipt(edited, stores.audit)
+    assert not check.ok and "edited" in (check.problem or "")
+
+
+def test_erasing_a_subject_removes_every_chunk_that_held_it_and_its_keyed_token_everywhere(
+        stores: LifecycleStores) -> None:
+    home = stores.home
+    token = f":{placeholder_token(b'', SUBJECT)}>".encode()
+    key = subject_key(b"", SUBJECT)
+    assert scan_bytes([home], [token]).hits  # the hash operator wrote the subject's token into chunks
+    assert scan_bytes([home], [SUBJECT.encode()]).hits == {}  # and never the name
+
+    receipt = erase_subject(stores, SUBJECT, user="dpo", entity_type="PERSON")
+
+    body = receipt["receipt"]
+    assert body["complete"], body["probes"]
+    assert {d["uri"] for d in body["documents"]} == {DISCHARGE, "oncology/clinic-letter.txt"}
+    assert body["counts"]["before"]["subject_index_rows"] >= 2 and body["counts"]["after"]["subject_index_rows"] == 0
+    assert scan_bytes([home], [token, key.encode(), SUBJECT.encode(), SUBJECT.lower().encode()]).hits == {}
+    text = json.dumps(receipt)
+    assert SUBJECT not in text and token.decode() not in text and key not in text
+    assert verify_receipt(receipt, stores.audit).ok
+    # documents keep their chunks that never held the subject
+    assert stores.catalog.counts().documents == 8
+
+
+def test_the_audit_log_keeps_no_personal_data_of_a_question(stores: LifecycleStores) -> None:
+    from rag.query import QueryEngine
+
+    engine = QueryEngine(_settings(stores.home))
+    try:
+        found = engine.search(f"What did the discharge summary say about {SUBJECT}?", user="clinician",
+                              groups=["oncology"])
+    finally:
+        engine.close()
+    assert found.result.hits
+    [record] = [r for r in stores.audit.records() if r.kind == "search"]
+    assert record.body["question_redacted"].endswith("about <PERSON>?")
+    audit_db = home_file(stores, "audit.db")
+    token = f":{placeholder_token(b'', SUBJECT)}>".encode()
+    assert scan_bytes([audit_db], [b"Okonkwo", b"okonkwo", b"Margaret", token]).hits == {}
+    # so erasing the subject afterwards finds nothing of it in the audit log either
+    assert erase_subject(stores, SUBJECT, user="dpo")["receipt"]["complete"]
+
+
+def home_file(stores: LifecycleStores, name: str) -> Path:
+    return stores.home / name
+
+
+def test_a_held_document_is_refused_by_name_until_released_and_every_hold_change_is_audited(
+        stores: LifecycleStores) -> None:
+    from rag.cli import main
+
+    runner = CliRunner()
+    placed = runner.invoke(main, ["hold", "add", "--document", DISCHARGE, "--reason", "litigation 2026-17",
+                                  "--user", "counsel"])
+    assert placed.exit_code == 0, placed.output
+    with pytest.raises(LegalHoldError, match="litigation 2026-17"):
+        erase_document(stores, DISCHARGE, user="dpo")
+    with pytest.raises(LegalHoldError, match="hold #1"):
+        erase_subject(stores, SUBJECT, user="dpo")
+    assert stores.catalog.counts().documents == 8  # nothing was erased
+    listed = runner.invoke(main, ["hold", "list"])
+    assert "litigation 2026-17" in listed.output
+
+    released = runner.invoke(main, ["hold", "release", "1", "--user", "counsel", "--reason", "settled"])
+    assert released.exit_code == 0, released.output
+    receipt_file = stores.home.parent / "receipt.json"
+    erased = runner.invoke(main, ["erase", "--document", DISCHARGE, "--user", "dpo", "--receipt", str(receipt_file)])
+    assert erased.exit_code == 0, erased.output
+    assert runner.invoke(main, ["erase", "verify", str(receipt_file)]).exit_code == 0
+    edited = json.loads(receipt_file.read_text())
+    edited["receipt"]["by"] = "someone-else"
+    receipt_file.write_text(json.dumps(edited))
+    refused = runner.invoke(main, ["erase", "verify", str(receipt_file)])
+    assert refused.exit_code == 1 and "edited" in refused.output
+
+    events = [(r.kind, (r.body["event"] or {}).get("action")) for r in stores.audit.records()]
+    assert events == [("hold", "add"), ("hold", "release"), ("erase", None)]
+    assert stores.audit.verify().ok
+
+
+def test_the_subject_token_is_the_one_the_redaction_operator_writes() -> None:
+    from rag.policy import load_policy
+    from rag.redaction import PresidioRedactor
+
+    settings = load_settings()
+    redactor = PresidioRedactor(load_policy("hipaa", settings.policies_dir), tenant_key=b"k" * 32)
+    assert redactor.keyed_token("  margaret   OKONKWO ") == placeholder_token(b"k" * 32, "Margaret Okonkwo")
+    assert np.array_equal(np.array([subject_key(b"k" * 32, "a b")]), np.array([subject_key(b"k" * 32, "A  B")]))
