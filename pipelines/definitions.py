@@ -7,6 +7,7 @@ import dagster as dg
 from pipelines import assets, checks
 from pipelines.jobs import ingest_documents_job
 from pipelines.resources import EnclaveResource
+from pipelines.retention import apply_retention_job, daily_retention
 from pipelines.schedules import nightly_ingest
 from pipelines.sensors import ingestion_run_failures, watched_source_sensor
 from rag.config import enforce_offline, load_settings
@@ -18,8 +19,8 @@ load_settings().require_secrets()
 defs = dg.Definitions(
     assets=dg.load_assets_from_modules([assets]),
     asset_checks=dg.load_asset_checks_from_modules([checks]),
-    jobs=[ingest_documents_job],
-    schedules=[nightly_ingest],
+    jobs=[ingest_documents_job, apply_retention_job],
+    schedules=[nightly_ingest, daily_retention],
     sensors=[watched_source_sensor, ingestion_run_failures],
     resources={"enclave": EnclaveResource()},
 )

@@ -4,85 +4,25 @@ disk), then a document or a data subject erased; probes, receipts, holds and the
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from lifecycle_home import DISCHARGE, DISCHARGE_PHRASES, SUBJECT, lifecycle_settings, stores, template_home
 
-from connectors.filesystem import FileShareSource
-from rag.config import Settings, load_settings
-from rag.ingest import IngestionComponents, run_ingestion
+from rag.config import load_settings
 from rag.lifecycle.erase import LifecycleStores, erase_document, erase_subject
 from rag.lifecycle.holds import LegalHoldError
 from rag.lifecycle.probes import scan_bytes
 from rag.lifecycle.receipts import verify_receipt
 from rag.lifecycle.subjects import placeholder_token, subject_key
 
-DISCHARGE = "oncology/discharge-summary.txt"
-SUBJECT = "Margaret Okonkwo"
-# Content only the discharge summary holds (the probes' own windows are checked as well).
-DISCHARGE_PHRASES = (b"right hemicolectomy for stage III colon adenocarcinoma",
-                     b"Mild grade 1 neuropathy in both hands")
-LETTER = ("Clinic letter\n\nDear colleague, I saw Margaret Okonkwo in the oncology clinic today. "
-          "She reports tingling in her fingertips since the last cycle and asks about cold sensitivity. "
-          "We agreed to continue treatment with the reduced oxaliplatin dose and review in a fortnight.\n")
-
-
-def _settings(home: Path) -> Settings:
-    return load_settings(home=home, parse_workers=1, policy="hipaa", database_url="", audit_database_url="")
-
-
-def _ingest(home: Path, corpus: Path) -> None:
-    components = IngestionComponents(_settings(home))
-    try:
-        out = run_ingestion(components, FileShareSource(corpus, name="sample"), "filesystem", str(corpus))
-        assert out.success, out.failure
-    finally:
-        components.close()
-
-
-@pytest.fixture(scope="module")
-def template_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A home ingested twice; the first generation of each index is kept aside on disk (a stale generation)."""
-    root = tmp_path_factory.mktemp("lifecycle")
-    corpus = root / "corpus"
-    shutil.copytree(Path(__file__).parent / "fixtures" / "sample-corpus", corpus)
-    (corpus / "oncology" / "clinic-letter.txt").write_text(LETTER)
-    home = root / "home"
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("ENCLAVE_DATABASE_URL", "ENCLAVE_AUDIT_DATABASE_URL", "ENCLAVE_HOME", "ENCLAVE_TENANT_KEY"):
-            mp.delenv(name, raising=False)
-        _ingest(home, corpus)
-        kept = root / "kept"
-        for name in ("vectors", "bm25"):
-            shutil.copytree(home / "index" / name / "gen-00000001", kept / name)
-        (corpus / "public" / "notice.txt").write_text("The cafeteria opens at seven on weekdays and at nine on "
-                                                      "weekends; the menu is posted by the lifts.\n")
-        _ingest(home, corpus)
-        for name in ("vectors", "bm25"):
-            assert json.loads((home / "index" / name / "manifest.json").read_text())["generation"] == 2
-            shutil.copytree(kept / name, home / "index" / name / "gen-00000001")
-    return home
-
-
-@pytest.fixture
-def stores(template_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LifecycleStores]:
-    home = tmp_path / "home"
-    shutil.copytree(template_home, home)
-    for name in ("ENCLAVE_DATABASE_URL", "ENCLAVE_AUDIT_DATABASE_URL", "ENCLAVE_TENANT_KEY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("ENCLAVE_HOME", str(home))
-    built = LifecycleStores.from_settings(_settings(home))
-    yield built
-    built.close()
+__all__ = ["stores", "template_home"]  # fixtures, from lifecycle_home
 
 
 def _generations(home: Path, name: str) -> list[str]:
     return sorted(p.name for p in (home / "index" / name).glob("gen-*"))
-
 
 def test_erasing_a_document_removes_every_byte_of_it_from_every_generation_and_the_receipt_verifies(
         stores: LifecycleStores) -> None:
@@ -146,7 +86,7 @@ def test_erasing_a_subject_removes_every_chunk_that_held_it_and_its_keyed_token_
 def test_the_audit_log_keeps_no_personal_data_of_a_question(stores: LifecycleStores) -> None:
     from rag.query import QueryEngine
 
-    engine = QueryEngine(_settings(stores.home))
+    engine = QueryEngine(lifecycle_settings(stores.home))
     try:
         found = engine.search(f"What did the discharge summary say about {SUBJECT}?", user="clinician",
                               groups=["oncology"])
@@ -155,15 +95,11 @@ def test_the_audit_log_keeps_no_personal_data_of_a_question(stores: LifecycleSto
     assert found.result.hits
     [record] = [r for r in stores.audit.records() if r.kind == "search"]
     assert record.body["question_redacted"].endswith("about <PERSON>?")
-    audit_db = home_file(stores, "audit.db")
+    audit_db = stores.home / "audit.db"
     token = f":{placeholder_token(b'', SUBJECT)}>".encode()
     assert scan_bytes([audit_db], [b"Okonkwo", b"okonkwo", b"Margaret", token]).hits == {}
     # so erasing the subject afterwards finds nothing of it in the audit log either
     assert erase_subject(stores, SUBJECT, user="dpo")["receipt"]["complete"]
-
-
-def home_file(stores: LifecycleStores, name: str) -> Path:
-    return stores.home / name
 
 
 def test_a_held_document_is_refused_by_name_until_released_and_every_hold_change_is_audited(

@@ -4,7 +4,8 @@
     search, ask, serve        rag.cli.query    the query side (every search and answer audited)
     audit verify|export       rag.cli.audit    the compliance officer's commands
     eval retrieval|pii|access rag.cli.eval     measurements on your own golden sets
-    erase [verify], hold      rag.cli.lifecycle erasure with a receipt, legal holds
+    erase [verify], hold      rag.cli.lifecycle erasure with a receipt, legal holds,
+    retention apply                             retention rules applied
 
 Every command is a thin shell over the library; an :class:`~rag.errors.EnclaveError` ends the
 command with its message and exit status 2.
@@ -19,13 +20,13 @@ import click
 from rag.cli.audit import audit
 from rag.cli.eval import eval_group
 from rag.cli.ingest import chunks, ingest, status
-from rag.cli.lifecycle import erase, hold
+from rag.cli.lifecycle import erase, hold, retention
 from rag.cli.query import ask, search, serve
 from rag.config import load_settings
 from rag.errors import EnclaveError
 
 # Commands that read documents or questions: in production they need the real secrets first.
-_NEEDS_SECRETS = frozenset({"ingest", "search", "ask", "serve", "eval", "erase"})
+_NEEDS_SECRETS = frozenset({"ingest", "search", "ask", "serve", "eval", "erase", "retention"})
 
 
 @click.group()
@@ -36,7 +37,8 @@ def main(ctx: click.Context) -> None:
         load_settings().require_secrets(serving=ctx.invoked_subcommand == "serve")
 
 
-for _command in (ingest, status, chunks, search, ask, serve, audit, eval_group, erase, hold):
+for _command in (ingest, status, chunks, search, ask, serve, audit, eval_group, erase, hold,
+                 retention):
     main.add_command(_command)
 
 
