@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     # production when empty, a placeholder or short (see require_secrets).
     tenant_key: SecretStr = SecretStr("")
     environment: Literal["development", "production"] = "development"
+    # Pseudonym vault (policy operator pseudonymise): originals encrypted under this key (AES-GCM,
+    # rag.lifecycle.vault); refused in production when a placeholder or short, like the tenant key.
+    vault_key: SecretStr = SecretStr("")
+    # Groups that may re-identify one token with a purpose (enclave reveal, POST /v1/reveal), and
+    # groups that see originals in answers and citations instead of pseudonyms (comma-separated).
+    reveal_groups: str = ""
+    original_view_groups: str = ""
     # Share of worker-verified chunks the no_residual_pii check scans again in the main process
     # (chosen by content hash). The redacting worker already ran the detector over each stored
     # text until it found nothing; 1.0 re-scans everything, at the cost of a full extra pass.
@@ -133,7 +140,10 @@ class Settings(BaseSettings):
         """
         if self.environment != "production":
             return
-        for name in ("tenant_key", "jwt_key") if serving else ("tenant_key",):
+        names = ("tenant_key", "jwt_key") if serving else ("tenant_key",)
+        if self.vault_key.get_secret_value():  # pseudonymisation in use: its key is held to the same bar
+            names = (*names, "vault_key")
+        for name in names:
             value = getattr(self, name).get_secret_value()
             if not value or value.lower() in _PLACEHOLDER_SECRETS or len(value) < MIN_SECRET_LENGTH:
                 from rag.errors import ConfigurationError

@@ -47,6 +47,7 @@ from rag.errors import (
     QuarantineReason,
 )
 from rag.lifecycle.subjects import subject_key
+from rag.lifecycle.vault import VaultCipher, pseudonym_token
 from rag.parsing import ParsedChunk, ParseLimits
 from rag.policy import Policy, load_policy, resolve_policy_path
 from rag.workers import FileJob, ParsePool, Transformed
@@ -339,7 +340,7 @@ class RedactionTransform:
     """
 
     def __init__(self, policy_ref: str, policies_dir: str, tenant_key: bytes, recheck_fraction: float = 1.0,
-                 record_removals: bool = False) -> None:
+                 record_removals: bool = False, vault_key: bytes = b"") -> None:
         from rag.redaction import PresidioRedactor
         from rag.residual import ResidualScanner
 
@@ -351,6 +352,7 @@ class RedactionTransform:
         self.recheck_fraction = recheck_fraction
         self.record_removals = record_removals
         self.tenant_key = tenant_key
+        self.vault = VaultCipher(vault_key) if policy.uses_operator("pseudonymise") else None
 
     def _leave_for_recheck(self, content_hash: str) -> bool:
         """A deterministic sample (by content hash) that the no_residual_pii check scans again."""
@@ -365,6 +367,7 @@ class RedactionTransform:
         """
         out = [(t, Counter[str]()) for t in texts]
         self.subjects: list[set[tuple[str, str]]] = [set() for _ in texts]
+        self.pseudonyms: list[dict[str, tuple[str, str, bytes]]] = [{} for _ in texts]
         removals: list[list[tuple[str, tuple[tuple[str, int, int], ...]]]] = [[] for _ in texts]
         pending = list(range(len(texts)))
         for _ in range(MAX_PASSES):
@@ -378,6 +381,8 @@ class RedactionTransform:
                     removals[i].append((text, tuple((f.entity_type, f.start, f.end) for f in findings)))
                 self.subjects[i].update((f.entity_type, subject_key(self.tenant_key, text[f.start:f.end]))
                                         for f in findings)
+                if self.vault is not None:
+                    self._encrypt_pseudonyms(text, findings, self.pseudonyms[i])
                 r = self.redactor.redact(text, findings)
                 if r.counts and r.text != text:
                     out[i][1].update(r.counts)
@@ -390,6 +395,23 @@ class RedactionTransform:
             # quarantine this file as redaction_failed; the other files are stored.
             raise RedactionNotConvergedError(f"{len(pending)} chunk(s) still had findings after {MAX_PASSES} passes")
         return out, [tuple(r) for r in removals]
+
+    def _encrypt_pseudonyms(self, text: str, findings: list[Finding], into: dict[str, tuple[str, str, bytes]]) -> None:
+        """Each value the pseudonymise operator replaces, encrypted for the vault (only ciphertext leaves)."""
+        from rag.redaction import merge_findings
+
+        assert self.vault is not None
+        policy = self.redactor.policy
+        cursor = 0
+        for f in merge_findings(findings):  # the spans redact() replaces, in its order
+            if f.start < cursor:
+                continue
+            cursor = f.end
+            if policy.operator_for(f.entity_type).kind == "pseudonymise":
+                value = text[f.start:f.end]
+                token = pseudonym_token(self.tenant_key, f.entity_type, value)
+                if token not in into:
+                    into[token] = (f.entity_type, subject_key(self.tenant_key, value), self.vault.encrypt(token, value))
 
     def __call__(self, files: list[tuple[str, list[ParsedChunk]]]) -> list[Any]:
         texts = [c.text for _, chunks in files for c in chunks]
@@ -409,21 +431,25 @@ class RedactionTransform:
                 k += n
                 continue
             stored: list[NewChunk] = []
-            for c, (text, counts), subjects in zip(chunks, redacted[k:k + n], self.subjects[k:k + n], strict=True):
+            for c, (text, counts), subjects, pseudonyms in zip(chunks, redacted[k:k + n], self.subjects[k:k + n],
+                                                               self.pseudonyms[k:k + n], strict=True):
                 digest = hashlib.sha256(text.encode()).hexdigest()
                 # the residual check passed exactly this text here; a sample is scanned again by
                 # no_residual_pii in the main process, to catch a worker and the check disagreeing
                 stored.append(NewChunk(ordinal=c.ordinal, text=text, content_hash=digest, page=c.page,
                                        entity_counts=dict(counts), pii_checked=not self._leave_for_recheck(digest),
-                                       subjects=tuple(sorted(subjects))))
+                                       subjects=tuple(sorted(subjects)),
+                                       pseudonyms=tuple((t, *v) for t, v in sorted(pseudonyms.items()))))
             out.append(Transformed(stored, removals[k:k + n]) if self.record_removals else stored)
             k += n
         return out
 
 
 def redaction_transform_factory(policy_ref: str, policies_dir: str, tenant_key: bytes, recheck_fraction: float = 1.0,
-                                record_removals: bool = False) -> Callable[[], RedactionTransform]:
-    return partial(RedactionTransform, policy_ref, policies_dir, tenant_key, recheck_fraction, record_removals)
+                                record_removals: bool = False,
+                                vault_key: bytes = b"") -> Callable[[], RedactionTransform]:
+    return partial(RedactionTransform, policy_ref, policies_dir, tenant_key, recheck_fraction, record_removals,
+                   vault_key)
 
 
 @dataclass(frozen=True)
@@ -437,13 +463,15 @@ class RedactionOptions:
     policies_dir: Path
     tenant_key: bytes = field(repr=False)
     recheck_fraction: float = 1.0
+    vault_key: bytes = field(default=b"", repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedactionOptions:
         return cls(limits=ParseLimits.from_settings(settings), workers=settings.parse_workers,
                    timeout_s=settings.parse_timeout_s, memory_mb=settings.parse_memory_mb,
                    policies_dir=settings.policies_dir, tenant_key=settings.tenant_key.get_secret_value().encode(),
-                   recheck_fraction=settings.pii_recheck_fraction)
+                   recheck_fraction=settings.pii_recheck_fraction,
+                   vault_key=settings.vault_key.get_secret_value().encode())
 
 
 @dataclass
@@ -489,7 +517,7 @@ def redact_documents(manifest: Manifest, connector: Connector, catalog: CatalogS
                      limits: ParseLimits, version: str, *, workers: int, timeout_s: float, memory_mb: int,
                      policies_dir: Path, tenant_key: bytes, run_id: int | None = None,
                      on_progress: Callable[[int], None] | None = None, recheck_fraction: float = 1.0,
-                     policy_ref: str | None = None) -> RedactStats:
+                     policy_ref: str | None = None, vault_key: bytes = b"") -> RedactStats:
     """Parse, chunk and redact ``manifest.to_process`` in worker processes; store or quarantine each.
 
     ``policy_ref`` is the name or file the policy was loaded from (workers load it again); by
@@ -501,7 +529,9 @@ def redact_documents(manifest: Manifest, connector: Connector, catalog: CatalogS
     if not by_uri:
         return stats
     ref = str(resolve_policy_path(policy_ref or policy.name, policies_dir).resolve())
-    factory = redaction_transform_factory(ref, str(policies_dir), tenant_key, recheck_fraction)
+    if not vault_key and policy.uses_operator("pseudonymise"):
+        VaultCipher(vault_key)  # refuses here, before any worker starts, naming ENCLAVE_VAULT_KEY
+    factory = redaction_transform_factory(ref, str(policies_dir), tenant_key, recheck_fraction, vault_key=vault_key)
     with ParsePool(workers=workers, timeout_s=timeout_s, memory_mb=memory_mb, limits=limits,
                    transform_factory=factory) as pool:
         for outcome in pool.process(_jobs(connector, manifest.to_process, catalog, manifest.source_id,
@@ -539,7 +569,7 @@ def redact_run(planned: PlannedRun, connector: Connector, catalog: CatalogStore,
         planned.manifest, connector, catalog, policy, options.limits, planned.version, workers=options.workers,
         timeout_s=options.timeout_s, memory_mb=options.memory_mb, policies_dir=options.policies_dir,
         tenant_key=options.tenant_key, run_id=planned.run_id, on_progress=on_progress,
-        recheck_fraction=options.recheck_fraction, policy_ref=planned.policy.file)
+        recheck_fraction=options.recheck_fraction, policy_ref=planned.policy.file, vault_key=options.vault_key)
     catalog.update_run(planned.run_id, stats.run_fields())
     return stats
 

@@ -25,7 +25,7 @@ from rag.errors import PolicyInvalidError
 
 _ENTITY = r"^[A-Z][A-Z0-9_]*$"
 _POLICY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-OperatorKind = Literal["replace", "mask", "hash"]
+OperatorKind = Literal["replace", "mask", "hash", "pseudonymise"]
 
 
 # -- schema (pydantic, at the edge) ----------------------------------------------------------------
@@ -222,6 +222,10 @@ class Policy:
     def operator_for(self, entity: str) -> Operator:
         return dict(self.operators).get(entity, self.default_operator)
 
+    def uses_operator(self, kind: OperatorKind) -> bool:
+        """Whether any entity type (or the default) is replaced by this operator (pseudonymise needs the vault)."""
+        return any(op.kind == kind for op in (self.default_operator, *dict(self.operators).values()))
+
     def threshold_for(self, entity: str) -> float:
         return dict(self.thresholds).get(entity, self.default_threshold)
 
@@ -330,7 +334,7 @@ def load_policy(name_or_path: str, policies_dir: Path) -> Policy:
 
 
 def available_policies(policies_dir: Path) -> list[str]:
-    return sorted(p.stem for p in Path(policies_dir).glob("*.yaml"))
+    return sorted(p.stem for p in Path(policies_dir).glob("*.yaml") if p.stem != "retention")  # retention rules
 
 
 def write_schema(path: Path) -> None:

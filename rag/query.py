@@ -28,6 +28,7 @@ from rag.embedding import SentenceTransformerEmbedder
 from rag.index import FaissIndex
 from rag.lexical import Bm25Index
 from rag.lifecycle.subjects import without_tokens
+from rag.lifecycle.vault import Vault
 from rag.llm.base import Generator, SamplingParams
 from rag.plugins import distribution_of
 from rag.policy import Policy, load_policy
@@ -70,6 +71,7 @@ class QueryEngine:
         self.redactor = PresidioRedactor(self.policy, tenant_key=settings.tenant_key.get_secret_value().encode())
         reranker = CrossEncoderReranker(settings.rerank_model) if settings.rerank else None
         self.retriever = Retriever(self.catalog, self.embedder, self.index, self.lexical, self.redactor, reranker)
+        self.vault = Vault.from_settings(settings, self.catalog, self.audit)
         self._generator = generator
         self._generator_distribution: str | None = None
         self._answerer: Answerer | None = None
@@ -175,6 +177,12 @@ class QueryEngine:
                                                outcome=answer.outcome, started=started, via=via, answer=answer,
                                                error_type=answer.error))
         return AuditedAnswer(result, answer, record, request_id)
+
+    def render(self, texts: list[str], *, user: str, groups: list[str] | tuple[str, ...], via: str | None,
+               request_id: str) -> list[str]:
+        """Per-role view, after generation and its audit record: pseudonyms back to originals for the groups
+        allowed to see them (ENCLAVE_ORIGINAL_VIEW_GROUPS), audited; tokens for everyone else."""
+        return self.vault.render(texts, user=user, groups=groups, via=via, request_id=request_id)
 
     def close(self) -> None:
         self.catalog.dispose()

@@ -550,6 +550,10 @@ class PresidioRedactor:
             return op.masking_char * (len(value) - keep) + (value[len(value) - keep:] if keep else "")
         if op.kind == "hash":
             return f"<{entity}:{self.keyed_token(value)}>"
+        if op.kind == "pseudonymise":  # reversible through the vault (rag.lifecycle.vault)
+            from rag.lifecycle.vault import pseudonym_token
+
+            return f"<{pseudonym_token(self._tenant_key, entity, value)}>"
         return f"<{entity}>"
 
     def keyed_token(self, value: str) -> str:

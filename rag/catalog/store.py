@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from rag.catalog.models import Chunk, Document, IngestionRun, QuarantineRecord, Source, utcnow
 from rag.database import make_engine, upgrade_schema
 from rag.errors import IndexIntegrityError
-from rag.lifecycle.models import SubjectChunk
+from rag.lifecycle.models import SubjectChunk, VaultEntry
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -56,6 +56,8 @@ class NewChunk:
     pii_checked: bool = False
     # (entity type, keyed subject key) of each value redaction removed (rag.lifecycle.subjects)
     subjects: tuple[tuple[str, str], ...] = ()
+    # (token, entity type, subject key, AES-GCM ciphertext) of each pseudonymised value (rag.lifecycle.vault)
+    pseudonyms: tuple[tuple[str, str, str, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,11 @@ class CatalogStore:
                 s.flush()  # chunk ids for the subject index
                 s.add_all(SubjectChunk(chunk_id=row.id, entity_type=entity, subject_key=key)
                           for row, c in zip(rows, chunks, strict=True) for entity, key in c.subjects)
+            vault = {p[0]: p for c in chunks for p in c.pseudonyms}
+            if vault:  # a token already in the vault keeps its entry (same value, same token)
+                known = set(s.scalars(select(VaultEntry.token).where(VaultEntry.token.in_(list(vault)))))
+                s.add_all(VaultEntry(token=t, entity_type=e, subject_key=k, ciphertext=ct)
+                          for t, e, k, ct in vault.values() if t not in known)
             s.execute(delete(QuarantineRecord).where(QuarantineRecord.source_id == source_id,
                                                      QuarantineRecord.uri == uri))
             return doc.id, doc.version

@@ -5,7 +5,7 @@
     audit verify|export       rag.cli.audit    the compliance officer's commands
     eval retrieval|pii|access rag.cli.eval     measurements on your own golden sets
     erase [verify], hold      rag.cli.lifecycle erasure with a receipt, legal holds,
-    retention apply                             retention rules applied
+    retention apply, reveal                     retention rules applied, audited re-identification
 
 Every command is a thin shell over the library; an :class:`~rag.errors.EnclaveError` ends the
 command with its message and exit status 2.
@@ -20,13 +20,13 @@ import click
 from rag.cli.audit import audit
 from rag.cli.eval import eval_group
 from rag.cli.ingest import chunks, ingest, status
-from rag.cli.lifecycle import erase, hold, retention
+from rag.cli.lifecycle import erase, hold, retention, reveal
 from rag.cli.query import ask, search, serve
 from rag.config import load_settings
 from rag.errors import EnclaveError
 
 # Commands that read documents or questions: in production they need the real secrets first.
-_NEEDS_SECRETS = frozenset({"ingest", "search", "ask", "serve", "eval", "erase", "retention"})
+_NEEDS_SECRETS = frozenset({"ingest", "search", "ask", "serve", "eval", "erase", "retention", "reveal"})
 
 
 @click.group()
@@ -38,7 +38,7 @@ def main(ctx: click.Context) -> None:
 
 
 for _command in (ingest, status, chunks, search, ask, serve, audit, eval_group, erase, hold,
-                 retention):
+                 retention, reveal):
     main.add_command(_command)
 
 

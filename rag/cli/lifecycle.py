@@ -184,3 +184,30 @@ def retention_apply(rules_file: str | None, as_of: str | None, out: str | None, 
         click.echo(f"retention: erased {len(body['documents'])}, pseudonymised {len(body['pseudonymised'])}, "
                    f"skipped under hold {len(body['skipped_held'])}")
     _write_receipt(receipt, out)
+
+
+@click.command()
+@click.argument("token")
+@click.option("--purpose", required=True, help="Why (a case, a lawful basis): recorded in the audit log.")
+@click.option("--groups", "groups", required=True, help="Your groups; one must be in ENCLAVE_REVEAL_GROUPS.")
+@_USER
+def reveal(token: str, purpose: str, groups: str, user: str) -> None:
+    """Re-identify one pseudonym (e.g. PERSON_7F3A9C21) from the vault; audited, refused without role or purpose."""
+    from rag.audit import AuditLog
+    from rag.catalog.store import CatalogStore
+    from rag.lifecycle.vault import Vault
+
+    settings = load_settings()
+    catalog, log = CatalogStore(settings.database_url), AuditLog(settings.audit_database_url)
+    catalog.migrate()
+    log.migrate()
+    try:
+        out = Vault.from_settings(settings, catalog, log).reveal(
+            token, user=user, groups=[g.strip() for g in groups.split(",") if g.strip()], purpose=purpose, via="cli")
+    finally:
+        catalog.dispose()
+        log.dispose()
+    if out.value is None:
+        click.echo(f"{out.token}: not in the vault (erased, or never issued); audit seq {out.audit_seq}", err=True)
+        sys.exit(1)
+    click.echo(out.value)

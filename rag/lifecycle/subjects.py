@@ -34,10 +34,12 @@ def placeholder_token(tenant_key: bytes, value: str) -> str:
     return hmac.new(tenant_key, normalise(value).encode("utf-8"), hashlib.sha256).hexdigest()[:8]
 
 
-_KEYED_PLACEHOLDER = re.compile(r"<([A-Z][A-Z0-9_]*):[0-9a-f]{8}>")
+# a keyed-hash placeholder <PERSON:1a2b3c4d> or a pseudonym <PERSON_7F3A9C21> (rag.lifecycle.vault)
+_KEYED_PLACEHOLDER = re.compile(r"<([A-Z][A-Z0-9_]*?)(?::[0-9a-f]{8}|_[0-9A-F]{8})>")
 
 
 def without_tokens(text: str) -> str:
-    """``<PERSON:1a2b3c4d>`` becomes ``<PERSON>``: what the audit log keeps of a redacted question, so
-    it holds no keyed token that would link a record to a data subject (nothing there to erase)."""
+    """``<PERSON:1a2b3c4d>`` and ``<PERSON_7F3A9C21>`` become ``<PERSON>``: what the audit log keeps of a
+    redacted question, so it holds no token that would link a record to a data subject (nothing
+    there to erase); retention's ``pseudonymise`` action unlinks chunk text the same way."""
     return _KEYED_PLACEHOLDER.sub(r"<\1>", text)

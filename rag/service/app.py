@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from rag.config import Settings, load_settings
-from rag.errors import AuthenticationError, EnclaveError
+from rag.errors import AccessDeniedError, AuthenticationError, EnclaveError
 from rag.index import faiss_build
 from rag.query import QueryEngine
 from rag.service import serving
@@ -26,6 +26,8 @@ from rag.service.protocol import (
     AskResponse,
     ChatCompletionRequest,
     ErrorResponse,
+    RevealRequest,
+    RevealResponse,
     SearchRequest,
     SearchResponse,
 )
@@ -90,6 +92,10 @@ def create_app(settings: Settings | None = None,
     async def unauthenticated(request: Request, exc: AuthenticationError) -> JSONResponse:
         return _error(401, "unauthenticated", str(exc), request.state.request_id, {"WWW-Authenticate": "Bearer"})
 
+    @app.exception_handler(AccessDeniedError)
+    async def forbidden(request: Request, exc: AccessDeniedError) -> JSONResponse:
+        return _error(403, "forbidden", str(exc), request.state.request_id)
+
     @app.exception_handler(EnclaveError)
     async def enclave_error(request: Request, exc: EnclaveError) -> JSONResponse:
         log.warning("request failed", extra={"request_id": request.state.request_id, "error": type(exc).__name__})
@@ -121,6 +127,10 @@ def create_app(settings: Settings | None = None,
         if req.stream:
             return StreamingResponse(serving.chat_stream(body), media_type="text/event-stream")
         return body
+
+    @app.post("/v1/reveal", response_model=RevealResponse, responses={403: {"model": ErrorResponse}})
+    def reveal(req: RevealRequest, who: PrincipalDep, eng: EngineDep) -> RevealResponse:
+        return serving.reveal(eng, who, req)
 
     @app.get("/v1/models")
     def models(who: PrincipalDep) -> dict[str, Any]:

@@ -72,5 +72,18 @@ class ErrorBody(BaseModel):
     request_id: str
 
 
+class RevealRequest(BaseModel):
+    """Re-identify one pseudonym (rag.lifecycle.vault): only for a group in ENCLAVE_REVEAL_GROUPS, with a purpose."""
+
+    token: str = Field(min_length=3, max_length=120, pattern=r"^<?[A-Z][A-Z0-9_]*_[0-9A-F]{8}>?$")
+    purpose: str = Field(min_length=1, max_length=200)
+
+
+class RevealResponse(BaseModel):
+    token: str
+    value: str | None  # None when the vault holds no such token (erased, or never issued)
+    audit_id: int
+
+
 class ErrorResponse(BaseModel):
     error: ErrorBody

@@ -19,6 +19,8 @@ from rag.service.protocol import (
     AskResponse,
     ChatCompletionRequest,
     Citation,
+    RevealRequest,
+    RevealResponse,
     SearchHit,
     SearchRequest,
     SearchResponse,
@@ -33,8 +35,11 @@ def _citations(out: AuditedAnswer) -> list[Citation]:
 def search(engine: QueryEngine, who: Principal, req: SearchRequest, request_id: str) -> SearchResponse:
     out = engine.search(req.question, user=who.user, groups=list(who.groups), k=req.k, mode=req.mode,
                         purpose=req.purpose, request_id=request_id, via=who.via)
+    texts = engine.render([h.text for h in out.result.hits], user=who.user, groups=who.groups, via=who.via,
+                          request_id=out.request_id)
     hits = [SearchHit(chunk_id=h.chunk_id, document_id=h.document_id, document_version=h.document_version,
-                      source_uri=h.source_uri, score=h.score, text=h.text) for h in out.result.hits]
+                      source_uri=h.source_uri, score=h.score, text=t)
+            for h, t in zip(out.result.hits, texts, strict=True)]
     return SearchResponse(request_id=out.request_id, audit_id=out.audit.seq, question_redacted=out.result.question,
                           hits=hits)
 
@@ -42,8 +47,15 @@ def search(engine: QueryEngine, who: Principal, req: SearchRequest, request_id: 
 def ask(engine: QueryEngine, who: Principal, req: AskRequest, request_id: str) -> AskResponse:
     out = engine.ask(req.question, user=who.user, groups=list(who.groups), k=req.k, purpose=req.purpose,
                      request_id=request_id, via=who.via)
+    [answer] = engine.render([out.answer.text], user=who.user, groups=who.groups, via=who.via,
+                             request_id=out.request_id)
     return AskResponse(request_id=out.request_id, audit_id=out.audit.seq, outcome=out.answer.outcome,
-                       answer=out.answer.text, citations=_citations(out))
+                       answer=answer, citations=_citations(out))
+
+
+def reveal(engine: QueryEngine, who: Principal, req: RevealRequest) -> RevealResponse:
+    out = engine.vault.reveal(req.token, user=who.user, groups=who.groups, purpose=req.purpose, via=who.via)
+    return RevealResponse(token=out.token, value=out.value, audit_id=out.audit_seq)
 
 
 def _question_of(req: ChatCompletionRequest) -> str:
@@ -61,10 +73,12 @@ def chat(engine: QueryEngine, who: Principal, req: ChatCompletionRequest,
     out = engine.ask(question, user=who.user, groups=list(who.groups), kind="chat", request_id=request_id,
                      via=who.via)
     gen = out.answer.generation
+    [content] = engine.render([out.answer.text], user=who.user, groups=who.groups, via=who.via,
+                              request_id=out.request_id)
     body = {
         "id": f"chatcmpl-{out.request_id}", "object": "chat.completion", "created": int(time.time()),
         "model": req.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": out.answer.text},
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                      "finish_reason": "stop"}],
         "usage": {"prompt_tokens": gen.prompt_tokens if gen else 0,
                   "completion_tokens": gen.completion_tokens if gen else 0,
