@@ -126,7 +126,7 @@ class Vault:
         allowed = bool(self.reveal_groups & set(groups))
         if not allowed or not purpose.strip():
             append_event(self.audit, "reveal", user, {**event, "refused": "no purpose" if allowed else "no role"},
-                         via=via, outcome="error", purpose=purpose or None, groups=tuple(sorted(groups)))
+                         via=via, outcome="error", purpose=purpose.strip() or None, groups=tuple(sorted(groups)))
             if not allowed:
                 raise ReidentificationRefusedError(
                     f"user {user!r} is in no group allowed to re-identify (ENCLAVE_REVEAL_GROUPS); the refusal is "
