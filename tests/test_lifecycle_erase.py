@@ -143,3 +143,27 @@ def test_the_subject_token_is_the_one_the_redaction_operator_writes() -> None:
     redactor = PresidioRedactor(load_policy("hipaa", settings.policies_dir), tenant_key=b"k" * 32)
     assert redactor.keyed_token("  margaret   OKONKWO ") == placeholder_token(b"k" * 32, "Margaret Okonkwo")
     assert np.array_equal(np.array([subject_key(b"k" * 32, "a b")]), np.array([subject_key(b"k" * 32, "A  B")]))
+
+
+def test_the_compliance_report_shows_sources_policies_holds_erasures_and_nothing_personal(
+        stores: LifecycleStores, tmp_path: Path) -> None:
+    from rag.cli import main
+
+    hold = stores.holds().add(scope="source", target="sample", reason="regulator inquiry 7", user="counsel")
+    stores.holds().release(hold.id, user="counsel")
+    receipt = erase_subject(stores, SUBJECT, user="dpo", entity_type="PERSON")
+    page = tmp_path / "report.html"
+    out = CliRunner().invoke(main, ["compliance", "report", "--html", str(page)])
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.output)
+    assert [s["name"] for s in report["sources"]] == ["sample"] and report["sources"][0]["documents"] == 8
+    assert {p["name"] for p in report["policies"]["in_force"]} == {"hipaa"}
+    assert report["entities_removed"]["PERSON"] > 0
+    assert [r["name"] for r in report["retention"]["rules"]] == ["clinical-records", "finance-requests"]
+    assert [(h["reason"], h["active"]) for h in report["holds"]] == [("regulator inquiry 7", False)]
+    assert [e["seq"] for e in report["erasures"]] == [receipt["audit"]["seq"]]
+    assert [e["event"]["action"] for e in report["hold_changes"]] == ["add", "release"]
+    assert report["audit_chain"]["ok"]
+    html = page.read_text()
+    assert "regulator inquiry 7" in html and str(receipt["audit"]["seq"]) in html and "<table>" in html
+    assert SUBJECT not in out.output and SUBJECT not in html

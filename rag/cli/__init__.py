@@ -6,6 +6,7 @@
     eval retrieval|pii|access rag.cli.eval     measurements on your own golden sets
     erase [verify], hold      rag.cli.lifecycle erasure with a receipt, legal holds,
     retention apply, reveal                     retention rules applied, audited re-identification
+    compliance report                           records of processing, audit evidence
 
 Every command is a thin shell over the library; an :class:`~rag.errors.EnclaveError` ends the
 command with its message and exit status 2.
@@ -20,7 +21,7 @@ import click
 from rag.cli.audit import audit
 from rag.cli.eval import eval_group
 from rag.cli.ingest import chunks, ingest, status
-from rag.cli.lifecycle import erase, hold, retention, reveal
+from rag.cli.lifecycle import compliance, erase, hold, retention, reveal
 from rag.cli.query import ask, search, serve
 from rag.config import load_settings
 from rag.errors import EnclaveError
@@ -38,7 +39,7 @@ def main(ctx: click.Context) -> None:
 
 
 for _command in (ingest, status, chunks, search, ask, serve, audit, eval_group, erase, hold,
-                 retention, reveal):
+                 retention, reveal, compliance):
     main.add_command(_command)
 
 

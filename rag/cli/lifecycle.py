@@ -211,3 +211,29 @@ def reveal(token: str, purpose: str, groups: str, user: str) -> None:
         click.echo(f"{out.token}: not in the vault (erased, or never issued); audit seq {out.audit_seq}", err=True)
         sys.exit(1)
     click.echo(out.value)
+
+
+@click.group()
+def compliance() -> None:
+    """Records of processing and audit evidence for a compliance officer or an auditor."""
+
+
+@compliance.command("report")
+@click.option("--since", default=None, help="ISO date/time (UTC if no zone): events from then.")
+@click.option("--until", default=None, help="ISO date/time: events before then.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), default=None,
+              help="Also write the report as one HTML page.")
+def compliance_report(since: str | None, until: str | None, html_file: str | None) -> None:
+    """Sources, policies and their hashes, entities removed, retention rules, holds, erasures and re-identifications."""
+    from rag.cli.audit import _when
+    from rag.lifecycle.report import compliance_report as build
+    from rag.lifecycle.report import render_html
+
+    stores = _stores()
+    try:
+        report = build(stores, load_settings().policies_dir, since=_when(since), until=_when(until))
+    finally:
+        stores.close()
+    if html_file:
+        Path(html_file).write_text(render_html(report), encoding="utf-8")
+    click.echo(json.dumps(report, indent=2, sort_keys=True))
