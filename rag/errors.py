@@ -70,6 +70,7 @@ class QuarantineReason(StrEnum):
     READ_ERROR = "read_error"
     REDACTION_FAILED = "redaction_failed"
     RESIDUAL_PII = "residual_pii"  # the independent residual check still saw personal data after redaction
+    ERASED = "erased"  # erased on request (rag.lifecycle): not ingested again while the file is unchanged
 
 
 class QuarantinedError(EnclaveError):

@@ -230,7 +230,7 @@ def scan_source(connector: Connector, catalog: CatalogStore, source_id: int, pol
     for d in docs:
         k = known.get(d.uri)
         q = quarantined.get(d.uri)
-        if q is not None and q.sha256 == d.sha256 and q.pipeline_version == version:
+        if q is not None and q.sha256 == d.sha256 and (q.pipeline_version == version or q.reason == "erased"):
             still_q += 1
             continue
         if k is None:

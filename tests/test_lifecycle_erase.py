@@ -167,3 +167,22 @@ def test_the_compliance_report_shows_sources_policies_holds_erasures_and_nothing
     html = page.read_text()
     assert "regulator inquiry 7" in html and str(receipt["audit"]["seq"]) in html and "<table>" in html
     assert SUBJECT not in out.output and SUBJECT not in html
+
+
+def test_an_erased_document_is_not_ingested_again_while_its_file_is_unchanged(
+        stores: LifecycleStores, template_home: Path) -> None:
+    from connectors.filesystem import FileShareSource
+    from rag.ingest import IngestionComponents, run_ingestion
+
+    erase_document(stores, DISCHARGE, user="dpo")
+    corpus = template_home.parent / "corpus"
+    components = IngestionComponents(lifecycle_settings(stores.home))
+    try:
+        out = run_ingestion(components, FileShareSource(corpus, name="sample"), "filesystem", str(corpus))
+    finally:
+        components.close()
+    assert out.success, out.failure
+    assert (out.counts.new, out.counts.changed, out.counts.documents_written) == (0, 0, 0)
+    assert out.counts.still_quarantined == 2  # the empty file, and the erased one
+    assert {q.reason for q in stores.catalog.quarantine_list() if q.uri == DISCHARGE} == {"erased"}
+    assert scan_bytes([stores.home], DISCHARGE_PHRASES).hits == {}

@@ -40,6 +40,7 @@ class KnownQuarantine:
     uri: str
     sha256: str
     pipeline_version: str
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -179,9 +180,9 @@ class CatalogStore:
 
     def known_quarantine(self, source_id: int) -> dict[str, KnownQuarantine]:
         with self.session() as s:
-            rows = s.execute(select(QuarantineRecord.uri, QuarantineRecord.sha256, QuarantineRecord.pipeline_version)
-                             .where(QuarantineRecord.source_id == source_id))
-            return {r.uri: KnownQuarantine(r.uri, r.sha256, r.pipeline_version) for r in rows}
+            rows = s.execute(select(QuarantineRecord.uri, QuarantineRecord.sha256, QuarantineRecord.pipeline_version,
+                                    QuarantineRecord.reason).where(QuarantineRecord.source_id == source_id))
+            return {r.uri: KnownQuarantine(r.uri, r.sha256, r.pipeline_version, r.reason) for r in rows}
 
     def store_document(self, *, source_id: int, uri: str, sha256: str, size: int, access: dict[str, Any],
                        policy_name: str, policy_hash: str, pipeline_version: str,

@@ -39,7 +39,7 @@ from rag.audit import AuditLog, Kind
 from rag.audit.records import iso
 from rag.catalog.models import Chunk, Document, Source
 from rag.catalog.store import CatalogStore
-from rag.errors import EnclaveError
+from rag.errors import EnclaveError, QuarantineReason
 from rag.generations import GenerationDirectory
 from rag.lifecycle.holds import HoldRegistry
 from rag.lifecycle.models import SubjectChunk, VaultEntry
@@ -124,11 +124,14 @@ class Target:
     chunk_ids: tuple[int, ...]
     documents: tuple[dict[str, Any], ...]  # id, source, uri, version: what the receipt names
     vault_tokens: tuple[str, ...] = ()
+    # (source, uri, sha256, size) of each whole document erased: recorded so ingestion skips the
+    # unchanged file instead of bringing it back
+    files: tuple[tuple[str, str, str, int], ...] = ()
 
 
 def document_target(catalog: CatalogStore, uri: str, source: str | None = None) -> Target:
     with catalog.session() as s:
-        query = (select(Document.id, Document.uri, Document.version, Source.name)
+        query = (select(Document.id, Document.uri, Document.version, Document.sha256, Document.size, Source.name)
                  .join(Source, Source.id == Document.source_id).where(Document.uri == uri))
         if source:
             query = query.where(Source.name == source)
@@ -139,7 +142,7 @@ def document_target(catalog: CatalogStore, uri: str, source: str | None = None) 
         where = f" in source {source!r}" if source else ""
         raise NothingToEraseError(f"no document {uri!r}{where} is in the catalog; `enclave status` lists sources")
     return Target(ids, chunks, tuple({"id": d.id, "source": d.name, "uri": d.uri, "version": d.version}
-                                     for d in docs))
+                                     for d in docs), files=tuple((d.name, d.uri, d.sha256, d.size) for d in docs))
 
 
 def subject_target(catalog: CatalogStore, tenant_key: bytes, value: str, entity_type: str | None = None) -> Target:
@@ -303,6 +306,24 @@ def _rewrite_stores(stores: LifecycleStores) -> dict[str, Any]:
     return {"index_vectors_total": vectors, "stale_generations_removed": stale}
 
 
+def _delete_documents(stores: LifecycleStores, target: Target, detail: str) -> None:
+    """Delete whole documents, leaving an ``erased`` quarantine record (uri, file digest) per document:
+    the next ingestion run skips the unchanged file rather than ingest it again."""
+    by_source: dict[str, list[str]] = {}
+    for d in target.documents:
+        by_source.setdefault(d["source"], []).append(d["uri"])
+    for source, uris in by_source.items():
+        source_id = stores.catalog.source_id(source)
+        if source_id is not None:
+            stores.catalog.delete_documents(source_id, uris)
+    for source, uri, sha256, size in target.files:
+        source_id = stores.catalog.source_id(source)
+        if source_id is not None:
+            stores.catalog.quarantine(source_id=source_id, uri=uri, sha256=sha256, size=size,
+                                      reason=QuarantineReason.ERASED.value, detail=detail,
+                                      pipeline_version="erased", run_id=None)
+
+
 def erase_target(stores: LifecycleStores, target: Target, request: dict[str, Any], *, user: str, via: str,
                  subject: str | None = None, subject_values: Sequence[str] = (), kind: Kind = "erase",
                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -313,13 +334,7 @@ def erase_target(stores: LifecycleStores, target: Target, request: dict[str, Any
     generations_before = _generations(stores)
     needles = _needles(stores, target, subject_values)
     if target.document_ids:
-        by_source: dict[str, list[str]] = {}
-        for d in target.documents:
-            by_source.setdefault(d["source"], []).append(d["uri"])
-        for source, uris in by_source.items():
-            source_id = stores.catalog.source_id(source)
-            if source_id is not None:
-                stores.catalog.delete_documents(source_id, uris)
+        _delete_documents(stores, target, f"erased by {user} ({request['what']})")
     else:
         stores.catalog.delete_chunks(target.chunk_ids)
     with stores.catalog.session() as s, s.begin():

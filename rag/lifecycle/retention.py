@@ -180,7 +180,10 @@ def apply_retention(stores: LifecycleStores, rules: RetentionRules, *, user: str
     with stores.catalog.session() as s:
         ids = [d["id"] for d in to_erase]
         chunk_ids = tuple(int(c) for c in s.scalars(select(Chunk.id).where(Chunk.document_id.in_(ids)))) if ids else ()
-    target = Target(tuple(d["id"] for d in to_erase), chunk_ids, tuple(to_erase))
+        files = {r.id: (r.sha256, int(r.size)) for r in s.execute(
+            select(Document.id, Document.sha256, Document.size).where(Document.id.in_(ids)))} if ids else {}
+    target = Target(tuple(d["id"] for d in to_erase), chunk_ids, tuple(to_erase),
+                    files=tuple((d["source"], d["uri"], *files[d["id"]]) for d in to_erase))
     request = {"what": "retention", "rules_file": Path(rules.file).name, "rules_sha256": rules.content_hash,
                "as_of": now.astimezone(UTC).isoformat()}
     extra = {"skipped_held": skipped, "pseudonymised": to_pseudonymise, "pseudonymised_chunks": pseudonymised}
