@@ -165,3 +165,18 @@ def test_erasing_the_subject_destroys_its_vault_entries_and_every_byte_of_its_to
     # other people's entries stay
     with stores.catalog.session() as s:
         assert (s.scalar(select(func.count()).select_from(VaultEntry)) or 0) >= 1
+
+
+def test_the_cli_search_renders_originals_only_for_an_allowed_group(settings: Settings, stores: LifecycleStores,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from rag.cli import main
+
+    monkeypatch.setenv("ENCLAVE_ORIGINAL_VIEW_GROUPS", "clinicians")
+    question = "neuropathy after the second cycle of FOLFOX"
+    nurse = CliRunner().invoke(main, ["search", question, "--user", "nurse", "--groups", "oncology", "--json"])
+    doctor = CliRunner().invoke(main, ["search", question, "--user", "dr", "--groups", "oncology,clinicians",
+                                       "--json"])
+    assert nurse.exit_code == 0 and doctor.exit_code == 0, nurse.output + doctor.output
+    assert f"<{TOKEN}>" in nurse.output and SUBJECT not in nurse.output
+    assert SUBJECT in doctor.output and TOKEN not in doctor.output
+    assert [r.user for r in stores.audit.records() if r.kind == "reveal"] == ["dr"]

@@ -32,8 +32,11 @@ def search(question: str, user: str, groups: tuple[str, ...], k: int, mode: str,
     # "cli": the operator named the user; no identity was verified
     out = engine.search(question, user=user, groups=list(groups), k=k, mode=cast("Mode", mode), purpose=purpose,
                         via="cli")
+    # per-role view (after the audit record): originals for ENCLAVE_ORIGINAL_VIEW_GROUPS, tokens otherwise
+    texts = engine.render([h.text for h in out.result.hits], user=user, groups=groups, via="cli",
+                          request_id=out.request_id)
     hits = [{"chunk_id": h.chunk_id, "document_id": h.document_id, "source_uri": h.source_uri,
-             "score": round(h.score, 6), "text": h.text} for h in out.result.hits]
+             "score": round(h.score, 6), "text": t} for h, t in zip(out.result.hits, texts, strict=True)]
     if as_json:
         click.echo(json.dumps({"audit_id": out.audit.seq, "question_redacted": out.result.question, "hits": hits},
                               indent=2))
@@ -60,11 +63,12 @@ def ask(question: str, user: str, groups: tuple[str, ...], k: int, purpose: str 
     out = engine.ask(question, user=user, groups=list(groups), k=k, purpose=purpose, via="cli")
     citations = [{"passage_id": p.passage_id, "document_id": p.document_id, "source_uri": p.source_uri,
                   "chunk_id": p.chunk_id} for p in out.answer.citations]
+    [answer] = engine.render([out.answer.text], user=user, groups=groups, via="cli", request_id=out.request_id)
     if as_json:
-        click.echo(json.dumps({"answer": out.answer.text, "outcome": out.answer.outcome, "citations": citations,
+        click.echo(json.dumps({"answer": answer, "outcome": out.answer.outcome, "citations": citations,
                                "audit_id": out.audit.seq}, indent=2))
     else:
-        click.echo(out.answer.text)
+        click.echo(answer)
         for c in citations:
             click.echo(f"  [{c['passage_id']}] {c['source_uri']} (chunk {c['chunk_id']})")
         click.echo(f"outcome {out.answer.outcome}; audit record {out.audit.seq}")
