@@ -186,3 +186,10 @@ def test_an_erased_document_is_not_ingested_again_while_its_file_is_unchanged(
     assert out.counts.still_quarantined == 2  # the empty file, and the erased one
     assert {q.reason for q in stores.catalog.quarantine_list() if q.uri == DISCHARGE} == {"erased"}
     assert scan_bytes([stores.home], DISCHARGE_PHRASES).hits == {}
+
+
+def test_a_subject_in_clear_is_matched_as_a_whole_word_only(stores: LifecycleStores) -> None:
+    from rag.lifecycle.erase import subject_target
+
+    assert subject_target(stores.catalog, b"", "Data Protection").chunk_ids  # the handbook says it, in clear
+    assert subject_target(stores.catalog, b"", "protect").chunk_ids == ()  # not a part of "protection"

@@ -23,6 +23,7 @@ Order of work, for ``enclave erase --document URI`` and ``--subject VALUE``:
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Sequence
@@ -157,11 +158,14 @@ def subject_target(catalog: CatalogStore, tenant_key: bytes, value: str, entity_
             indexed = indexed.where(SubjectChunk.entity_type == entity_type)
             vault = vault.where(VaultEntry.entity_type == entity_type)
         tokens = tuple(s.scalars(vault))
-        mentions = [func.lower(Chunk.text).contains(normalise(value), autoescape=True),
-                    Chunk.text.contains(f":{token}>", autoescape=True),
-                    *(Chunk.text.contains(f"<{t}>", autoescape=True) for t in tokens)]
+        placeholders = [Chunk.text.contains(f":{token}>", autoescape=True),
+                        *(Chunk.text.contains(f"<{t}>", autoescape=True) for t in tokens)]
         ids = set(int(c) for c in s.scalars(indexed))
-        ids.update(int(c) for c in s.scalars(select(Chunk.id).where(or_(*mentions))))
+        ids.update(int(c) for c in s.scalars(select(Chunk.id).where(or_(*placeholders))))
+        # the value in clear, as a whole word ("Ann" must not take every chunk that says "annual")
+        word = re.compile(rf"(?<!\w){re.escape(normalise(value))}(?!\w)")
+        clear = select(Chunk.id, Chunk.text).where(func.lower(Chunk.text).contains(normalise(value), autoescape=True))
+        ids.update(int(r.id) for r in s.execute(clear) if word.search(" ".join(r.text.split()).casefold()))
         rows = s.execute(select(Document.id, Document.uri, Document.version, Source.name)
                          .join(Source, Source.id == Document.source_id).join(Chunk, Chunk.document_id == Document.id)
                          .where(Chunk.id.in_(sorted(ids))).distinct()).all() if ids else []
