@@ -109,12 +109,14 @@ _INN_STEMS = (
     "dralazine", "oxaban", "tiazem", "pamil", "sulosin", "azosin", "olamine", "pyrimidine", "purine", "idine",
 )
 _CLINICAL_ENDINGS = (
-    "ectomy", "otomy", "ostomy", "oscopy", "ography", "itis", "osis", "aemia", "emia", "algia", "pathy",
+    "ectomy", "otomy", "ostomy", "oscopy", "ography", "itis", "osis", "aemia", "cemia", "kemia", "nemia", "lemia",
+    "algia", "pathy",
     "plasty", "logist", "logy", "iatric", "iatry", "therapy", "emetic", "biotic", "genic", "lytic", "uria",
     "plasia", "trophy",
 )
 _DOMAIN_SUFFIX = regex.compile(
-    r"(?:" + "|".join(sorted(set(_INN_STEMS + _CLINICAL_ENDINGS), key=len, reverse=True)) + r")s?$",
+    # at least three letters before the ending: "Nuria" or "Vir" are names, proteinuria is not
+    r"(?<=\p{L}{3})(?:" + "|".join(sorted(set(_INN_STEMS + _CLINICAL_ENDINGS), key=len, reverse=True)) + r")s?$",
     regex.IGNORECASE)
 
 # Street-type words that make a rare word followed by a number an address even when the rare
@@ -153,6 +155,10 @@ NOT_A_NAME = regex.compile(
 _STREET_WORD_AFTER = regex.compile(
     r"[ \t]{1,3}(?:" + "|".join(sorted((regex.escape(w) for w in STREET_WORDS), key=len, reverse=True))
     + r")\.?(?=[ \t])", regex.IGNORECASE)
+
+
+# what follows a word inside an e-mail address, a URL or an identifier ("nuria.lopez@", "ji_woo")
+_ADDRESS_PART = regex.compile(r"[@_]|[.:/-]\w")
 
 
 def _acronym(word: str) -> bool:
@@ -231,7 +237,8 @@ class OrdinaryVocabulary:
         Words at or above COMMON are left to the other rules ("Wood", "Hope" are names too).
         """
         lower = word.casefold().replace("’", "'")
-        return _english_word(self, lower)
+        # a compound's frequency is its rarest part's ("Ji-woo"): no measure of the whole word
+        return "-" not in lower and _english_word(self, lower)
 
     def _english_margin(self, lower: str) -> bool:
         en = self.zipf(lower)
@@ -386,7 +393,7 @@ class VocabularyDetector:
         tokens = self._tokens(text)
         lower_names = list(self._lower_case_names(text, tokens))
         out.extend(lower_names)
-        seen = frozenset() if self.strict else self._lower_case_words(tokens, lower_names)
+        seen = frozenset() if self.strict else self._lower_case_words(text, tokens, lower_names)
         for run in self._runs(text, tokens):
             finding = self._judge(text, run, seen)
             if finding is not None:
@@ -394,17 +401,18 @@ class VocabularyDetector:
         return sorted(out, key=lambda f: (f.start, f.end))
 
     @staticmethod
-    def _lower_case_words(tokens: list[_Token], lower_names: list[VocabularyFinding]) -> frozenset[str]:
-        """Words this text writes in lower case (outside lower-case names): the same word
-        capitalised at a sentence start, in a heading or a title ("Troponin is measured ... a
-        troponin below ...") is that word, not a name."""
+    def _lower_case_words(text: str, tokens: list[_Token], lower_names: list[VocabularyFinding]) -> frozenset[str]:
+        """Words this text writes in lower case in prose (outside lower-case names, e-mail
+        addresses and URLs): the same word capitalised at a sentence start, in a heading or a
+        title ("Troponin is measured ... a troponin below ...") is that word, not a name."""
         return frozenset(t.text for t in tokens if t.text.islower() and len(t.text) > 2
+                         and not _ADDRESS_PART.match(text, t.end)
                          and not any(f.start <= t.start < f.end for f in lower_names))
 
     def lower_case_words(self, text: str) -> frozenset[str]:
         """:meth:`_lower_case_words` of ``text``, for the redactor's check of NER names."""
         tokens = self._tokens(text)
-        return self._lower_case_words(tokens, list(self._lower_case_names(text, tokens)))
+        return self._lower_case_words(text, tokens, list(self._lower_case_names(text, tokens)))
 
     def ordinary_span(self, text: str, start: int, end: int, lower_words: frozenset[str]) -> bool:
         """A span NER called a person that holds no name: a digit ("Grade 2", "ALGOL 60"; names
@@ -415,8 +423,9 @@ class VocabularyDetector:
         if any(c.isdigit() for c in value):
             return True
         words = [m.group() for m in _TOKEN.finditer(value) if m.group().casefold() not in _PARTICLES]
+        shouted = all(w.isupper() for w in words)  # "IVY YOUNG": a name in capitals, not acronyms
         return bool(words) and all(
-            _acronym(w) or self.vocabulary.allowed(w.casefold()) or w.casefold() in lower_words
+            (_acronym(w) and not shouted) or self.vocabulary.allowed(w.casefold()) or w.casefold() in lower_words
             or w.casefold() in FUNCTION_WORDS or self.vocabulary.english_word(w) for w in words)
 
     def _judge(self, text: str, run: list[_Token], seen: frozenset[str] = frozenset()) -> VocabularyFinding | None:
@@ -428,9 +437,10 @@ class VocabularyDetector:
         if not self.strict:
             # an acronym in a run ("Primary PCI", "HM Treasury") is no evidence of a name
             evidence = [t for t in words if not _acronym(t.text)]
-            if not evidence:
+            if not evidence and len(words) == 1:
                 return None
-            words = evidence
+            if evidence:  # all in capitals ("IVY YOUNG") is a name in capitals, not acronyms
+                words = evidence
         rare = [t for t in words if self._rare(t, RARE)]
         uncommon = [t for t in words if self._rare(t, UNCOMMON)]
         foreignish = [t for t in words if _NON_ASCII_LATIN.search(t.text) and self._rare(t, COMMON)]

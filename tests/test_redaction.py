@@ -250,7 +250,7 @@ CLINICAL = ("## Antiemetics and supportive care\n"
             "neuropathy. Troponin is repeated at one hour; a troponin below the limit allows early discharge. "
             "Capecitabine and Ondansetron are supplied by the pharmacy.")
 FINANCIAL = ("Treasury reports to the Asset and Liability Committee every month. The treasury desk places "
-             "deposits only with banks rated A- or better. Gilts and Treasury Bills count towards the buffer. "
+             "deposits only with banks rated A- or better. Treasury Bills count towards the Liquidity Buffer. "
              "The policy takes effect on 1 October 2026.")
 
 
@@ -290,8 +290,8 @@ def test_ner_person_spans_with_a_number_are_not_names(default_redactor: Presidio
     assert _placeholders(default_redactor.redact_text(text).text) == []
 
 
-def test_strict_policy_keeps_the_names_the_default_drops_as_ordinary(default_redactor: PresidioRedactor) -> None:
-    strict = variant(default_redactor, strict=True)
-    text = "Wards receiving patients follow the pathway. Dr Halvorsen reviews the wards daily."
-    assert "Halvorsen" not in strict.redact_text(text).text
-    assert "Halvorsen" not in default_redactor.redact_text(text).text
+def test_strict_policy_fails_closed_on_domain_words_the_default_keeps(default_redactor: PresidioRedactor) -> None:
+    # documented cost of strict (bench/RESULTS.md): NER's names are not second-guessed there
+    strict = PresidioRedactor(load_policy("strict", POLICIES))
+    assert _placeholders(default_redactor.redact_text(FINANCIAL).text) == []
+    assert "<PERSON>" in _placeholders(strict.redact_text(FINANCIAL).text)
