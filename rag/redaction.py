@@ -55,7 +55,7 @@ _CASE_VARIANT_DETECTOR = "spacy-title-case"
 # Findings of spaCy's NER: Presidio's recognizer, the title-cased copy, names read under another label.
 _NER_DETECTORS = ("SpacyRecognizer", _CASE_VARIANT_DETECTOR, "spacy-misread-")
 # The default policy's name structures (speaker labels, fields, titles): policy recognizer names.
-_STRUCTURE_DETECTORS = frozenset({"person_structure"})
+STRUCTURE_DETECTORS = ("person_structure",)
 # Findings judged by a neighbour, not by their own words.
 _SECOND_HAND = frozenset({"name-list", "name-propagation"})
 _HASH_HEX = 8
@@ -325,6 +325,25 @@ def propagate_lists(text: str, findings: list[Finding]) -> list[Finding]:
     return out
 
 
+def without_ordinary_names(text: str, findings: list[Finding], vocabulary: VocabularyDetector,
+                           detectors: tuple[str, ...]) -> list[Finding]:
+    """``findings`` without the PERSON spans of ``detectors`` that hold no name.
+
+    spaCy's small model and the name structures (a speaker label, a line holding only capitalised
+    words) judge a span by its shape: "Grade 2", "ALGOL 60", "Antiemetics:", a drug name opening a
+    sentence, a title in headline style. A span with a digit, or whose every word is ordinary here
+    (:meth:`~rag.vocabulary.VocabularyDetector.ordinary_span`), is dropped; the vocabulary
+    detector judges the same words by its own rules. The residual check applies the same
+    judgement, so that it does not quarantine what redaction rightly left.
+    """
+    candidates = [f for f in findings if f.entity_type == "PERSON" and f.detector.startswith(detectors)]
+    if not candidates:
+        return findings
+    lower_words = vocabulary.lower_case_words(text)
+    dropped = {id(f) for f in candidates if vocabulary.ordinary_span(text, f.start, f.end, lower_words)}
+    return [f for f in findings if id(f) not in dropped] if dropped else findings
+
+
 _PLACEHOLDER_GAP = re.compile(r"[ \t]{4,}")
 
 
@@ -531,23 +550,10 @@ class PresidioRedactor:
         return vocabulary.allowed(word.casefold()) or vocabulary.english_word(word)
 
     def _corroborated(self, text: str, findings: list[Finding]) -> list[Finding]:
-        """Without NER's names that hold no name: "Grade 2", "ALGOL 60", a drug name opening a
-        sentence, a heading word the text also writes in lower case. The small model calls such
-        spans PERSON by their shape; the vocabulary detector and the structures still judge
-        them on their own. The strict policy keeps them (it fails closed)."""
+        """Without NER's and the structures' names that hold no name (:func:`without_ordinary_names`)."""
         if self._vocabulary is None or self.policy.strict:
             return findings
-        people = [f for f in findings if f.entity_type == "PERSON"]
-        ner = [f for f in people if f.detector.startswith(_NER_DETECTORS)]
-        dropped = set()
-        if ner:
-            lower_words = self._vocabulary.lower_case_words(text)
-            dropped = {id(f) for f in ner if self._vocabulary.ordinary_span(text, f.start, f.end, lower_words)}
-        # a structure ("Antiemetics:" read as a speaker label) holding only allowed words
-        vocabulary = self._vocabulary.vocabulary
-        dropped |= {id(f) for f in people if f.detector in _STRUCTURE_DETECTORS
-                    and all(vocabulary.allowed(w.casefold()) for w in _WORD.findall(text[f.start:f.end]))}
-        return [f for f in findings if id(f) not in dropped] if dropped else findings
+        return without_ordinary_names(text, findings, self._vocabulary, _NER_DETECTORS + STRUCTURE_DETECTORS)
 
     def _passing(self, text: str, findings: list[Finding]) -> list[Finding]:
         kept = []
