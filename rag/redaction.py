@@ -25,7 +25,7 @@ import hmac
 import re
 import threading
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,12 @@ _WORD = regex.compile(r"\p{L}+")
 # A line with no letter can hold no name: NER reads it as blank (same offsets, one token).
 _LETTERLESS_LINE = regex.compile(r"^[^\p{L}\n]*[^\p{L}\s][^\p{L}\n]*$", regex.MULTILINE)
 _CASE_VARIANT_DETECTOR = "spacy-title-case"
+# Findings of spaCy's NER: Presidio's recognizer, the title-cased copy, names read under another label.
+_NER_DETECTORS = ("SpacyRecognizer", _CASE_VARIANT_DETECTOR, "spacy-misread-")
+# The default policy's name structures (speaker labels, fields, titles): policy recognizer names.
+STRUCTURE_DETECTORS = ("person_structure",)
+# Findings judged by a neighbour, not by their own words.
+_SECOND_HAND = frozenset({"name-list", "name-propagation"})
 _HASH_HEX = 8
 
 
@@ -143,10 +149,17 @@ PHONE_LENIENCY = {"possible": 0, "valid": 1}
 _NAME_WORD = re.compile(r"[^\W\d_][\w'’-]{2,}")
 
 
-def propagate_names(text: str, findings: list[Finding]) -> list[Finding]:
-    """Other mentions of the capitalised words of detected names ("Mario" once "Mario Kappel" is found)."""
-    words = {w for f in findings if f.entity_type == "PERSON"
-             for w in _NAME_WORD.findall(text[f.start:f.end]) if w[0].isupper() and w.casefold() not in FUNCTION_WORDS}
+def propagate_names(text: str, findings: list[Finding],
+                    ordinary: Callable[[str], bool] = lambda _: False) -> list[Finding]:
+    """Other mentions of the capitalised words of detected names ("Mario" once "Mario Kappel" is found).
+
+    Only first-hand findings seed it (not the items of a list judged by one of its neighbours),
+    and not with words ``ordinary`` says are ordinary: one doubtful "Treasury Bills" must not
+    take every "Treasury" of the text with it.
+    """
+    words = {w for f in findings if f.entity_type == "PERSON" and f.detector not in _SECOND_HAND
+             for w in _NAME_WORD.findall(text[f.start:f.end])
+             if w[0].isupper() and w.casefold() not in FUNCTION_WORDS and not ordinary(w)}
     if not words:
         return []
     pattern = re.compile(r"(?<![\w'’-])(?:" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True))
@@ -312,6 +325,25 @@ def propagate_lists(text: str, findings: list[Finding]) -> list[Finding]:
     return out
 
 
+def without_ordinary_names(text: str, findings: list[Finding], vocabulary: VocabularyDetector,
+                           detectors: tuple[str, ...]) -> list[Finding]:
+    """``findings`` without the PERSON spans of ``detectors`` that hold no name.
+
+    spaCy's small model and the name structures (a speaker label, a line holding only capitalised
+    words) judge a span by its shape: "Grade 2", "ALGOL 60", "Antiemetics:", a drug name opening a
+    sentence, a title in headline style. A span with a digit, or whose every word is ordinary here
+    (:meth:`~rag.vocabulary.VocabularyDetector.ordinary_span`), is dropped; the vocabulary
+    detector judges the same words by its own rules. The residual check applies the same
+    judgement, so that it does not quarantine what redaction rightly left.
+    """
+    candidates = [f for f in findings if f.entity_type == "PERSON" and f.detector.startswith(detectors)]
+    if not candidates:
+        return findings
+    lower_words = vocabulary.lower_case_words(text)
+    dropped = {id(f) for f in candidates if vocabulary.ordinary_span(text, f.start, f.end, lower_words)}
+    return [f for f in findings if id(f) not in dropped] if dropped else findings
+
+
 _PLACEHOLDER_GAP = re.compile(r"[ \t]{4,}")
 
 
@@ -401,6 +433,7 @@ class PresidioRedactor:
         self._entities: list[str] = []
         self._lock = threading.Lock()
         self._allowed = frozenset(a.casefold() for a in policy.allow_list)
+        self._vocabulary: VocabularyDetector | None = vocabulary_detector(policy) if policy.vocabulary else None
 
     # -- set-up ------------------------------------------------------------------------------------
 
@@ -439,8 +472,8 @@ class PresidioRedactor:
         registry.remove_recognizer("PhoneRecognizer")
         registry.add_recognizer(_digit_group_phone_recognizer(PhoneRecognizer, self.policy.phone_regions,
                                                               PHONE_LENIENCY[self.policy.phone_leniency]))
-        if self.policy.vocabulary:
-            detector = vocabulary_detector(self.policy)
+        if self._vocabulary is not None:
+            detector = self._vocabulary
             registry.add_recognizer(_vocabulary_recognizer(EntityRecognizer, detector))
             registry.add_recognizer(_misread_name_recognizer(EntityRecognizer, detector.vocabulary))
         add_policy_recognizers(registry, self.policy)
@@ -502,11 +535,25 @@ class PresidioRedactor:
         return [self._keep(text, found) for text, found in zip(blanked, raw, strict=True)]
 
     def _keep(self, text: str, findings: list[Finding]) -> list[Finding]:
-        kept = with_address_blocks(text, self._passing(text, _split_at_placeholders(text, findings)))
+        findings = self._corroborated(text, _split_at_placeholders(text, findings))
+        kept = with_address_blocks(text, self._passing(text, findings))
         if self.policy.propagate_names:
             kept = self._passing(text, kept + propagate_lists(text, kept))
-            kept = self._passing(text, kept + propagate_names(text, kept))
+            kept = self._passing(text, kept + propagate_names(text, kept, self._ordinary_word))
         return merge_findings(kept)
+
+    def _ordinary_word(self, word: str) -> bool:
+        """A word the default policy does not spread from one name to its other mentions."""
+        if self._vocabulary is None or self.policy.strict:
+            return False
+        vocabulary = self._vocabulary.vocabulary
+        return vocabulary.allowed(word.casefold()) or vocabulary.english_word(word)
+
+    def _corroborated(self, text: str, findings: list[Finding]) -> list[Finding]:
+        """Without NER's and the structures' names that hold no name (:func:`without_ordinary_names`)."""
+        if self._vocabulary is None or self.policy.strict:
+            return findings
+        return without_ordinary_names(text, findings, self._vocabulary, _NER_DETECTORS + STRUCTURE_DETECTORS)
 
     def _passing(self, text: str, findings: list[Finding]) -> list[Finding]:
         kept = []

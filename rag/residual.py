@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from rag.policy import Policy
 from rag.redaction import (
     PHONE_LENIENCY,
+    STRUCTURE_DETECTORS,
     Finding,
     _digit_group_phone_recognizer,
     add_policy_recognizers,
@@ -34,6 +35,7 @@ from rag.redaction import (
     merge_findings,
     vocabulary_detector,
     with_address_blocks,
+    without_ordinary_names,
 )
 
 if TYPE_CHECKING:
@@ -110,6 +112,9 @@ class ResidualScanner:
                                                      score_threshold=0.0)]
             found += [Finding(f.entity_type, f.start, f.end, f.score, f"vocabulary-{f.reason}")
                       for f in self.vocabulary.detect(blanked) if f.entity_type in self._entities]
+            if not self.policy.strict:
+                # what redaction leaves as ordinary words, this check leaves too (same judgement)
+                found = without_ordinary_names(blanked, found, self.vocabulary, STRUCTURE_DETECTORS)
             kept = [f for f in found if f.score >= self.policy.threshold_for(f.entity_type)
                     and blanked[f.start:f.end].strip()
                     and blanked[f.start:f.end].strip().casefold() not in self._allowed]

@@ -242,3 +242,56 @@ def test_context_words_match_inflected_and_irregular_forms(default_redactor: Pre
     # "born" used to be lemmatised to "bear" and never matched the birth cue "born".
     assert default_redactor.redact_text("The patient was born 03/04/1961 in Leeds.").counts.get("DATE_OF_BIRTH") == 1
     assert "DATE_OF_BIRTH" not in default_redactor.redact_text("The invoice was sent 03/04/1961.").counts
+
+
+# PII-free prose of a clinic and of a bank: what a hospital or a bank indexes most of the time.
+CLINICAL = ("## Antiemetics and supportive care\n"
+            "Fluorouracil is omitted when neutrophils fall below 1.5. Oxaliplatin is reduced for Grade 2 "
+            "neuropathy. Troponin is repeated at one hour; a troponin below the limit allows early discharge. "
+            "Capecitabine and Ondansetron are supplied by the pharmacy.")
+FINANCIAL = ("Treasury reports to the Asset and Liability Committee every month. The treasury desk places "
+             "deposits only with banks rated A- or better. Treasury Bills count towards the Liquidity Buffer. "
+             "The policy takes effect on 1 October 2026.")
+
+
+def _placeholders(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"<[A-Z_]+(?::[0-9a-f]{8})?>", text)
+
+
+@pytest.mark.parametrize("text", [CLINICAL, FINANCIAL], ids=["clinical", "financial"])
+def test_pii_free_domain_prose_keeps_its_terms_under_the_default_policy(default_redactor: PresidioRedactor,
+                                                                        text: str) -> None:
+    assert _placeholders(default_redactor.redact_text(text).text) == []
+
+
+@pytest.mark.parametrize("text", [CLINICAL, FINANCIAL], ids=["clinical", "financial"])
+def test_a_name_inserted_into_domain_prose_is_still_redacted(default_redactor: PresidioRedactor, text: str) -> None:
+    first, rest = text.split(". ", 1)
+    with_name = f"{first}, as Zdzisława Wróblewska noted. {rest}"
+    result = default_redactor.redact_text(with_name).text
+    assert "Wróblewska" not in result and "Zdzisława" not in result
+    assert _placeholders(result) == ["<PERSON>"]
+
+
+@pytest.mark.parametrize("text", [
+    "Admitted on 2 November 2026 for the second cycle.",
+    "Version 4.2 was approved on 14 March 2025 by the committee.",
+    "Review meeting: Monday 3 June 2024 at the unit.",
+    "Payment due 30 Sept 2026, then quarterly.",
+])
+def test_dates_never_become_street_addresses(default_redactor: PresidioRedactor, text: str) -> None:
+    assert "STREET_ADDRESS" not in {f.entity_type for f in default_redactor.detect(text)}
+
+
+def test_ner_person_spans_with_a_number_are_not_names(default_redactor: PresidioRedactor) -> None:
+    text = "Programs were written in ALGOL 60 and tested against Grade 2 toxicity tables."
+    assert _placeholders(default_redactor.redact_text(text).text) == []
+
+
+def test_strict_policy_fails_closed_on_domain_words_the_default_keeps(default_redactor: PresidioRedactor) -> None:
+    # documented cost of strict (bench/RESULTS.md): NER's names are not second-guessed there
+    strict = PresidioRedactor(load_policy("strict", POLICIES))
+    assert _placeholders(default_redactor.redact_text(FINANCIAL).text) == []
+    assert "<PERSON>" in _placeholders(strict.redact_text(FINANCIAL).text)

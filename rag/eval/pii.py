@@ -268,3 +268,54 @@ def evaluate_pii_files(docs_dir: Path, labels: dict[str, tuple[Label, ...]], set
     policy = load_policy(policy_ref, settings.policies_dir)
     return evaluate_pii(redact_like_ingestion(docs_dir, labels, settings, policy_ref, tenant_key), policy,
                         must, must_from)
+
+
+_PLACEHOLDER_WORD = re.compile(r"<[A-Z][A-Z0-9_]*(?::[0-9a-f]{8})?>")
+_PROSE_WORD = re.compile(r"\w+")
+
+
+@dataclass
+class OverRedaction:
+    """What a policy removed from text that holds no personal data: every removal is a false positive.
+
+    ``words`` counts the words of the stored text, each placeholder as one word. ``tokens`` counts
+    removed values (letter case folded) by type: meant for public, PII-free text only.
+    """
+
+    documents: int = 0
+    words: int = 0
+    placeholders: Counter[str] = field(default_factory=Counter)
+    tokens: Counter[tuple[str, str]] = field(default_factory=Counter)
+    quarantined: dict[str, str] = field(default_factory=dict)
+
+    def per_thousand_words(self) -> float:
+        return 1000.0 * sum(self.placeholders.values()) / self.words if self.words else 0.0
+
+    def to_json(self, top: int = 0) -> dict[str, Any]:
+        return {"documents": self.documents, "words": self.words, "placeholders": sum(self.placeholders.values()),
+                "placeholders_per_1000_words": round(self.per_thousand_words(), 2),
+                "by_type": dict(sorted(self.placeholders.items())),
+                "quarantined": dict(sorted(self.quarantined.items())),
+                "most_removed": [{"type": t, "value": v, "count": n} for (t, v), n in self.tokens.most_common(top)]}
+
+
+def over_redaction(run: RedactionRun) -> OverRedaction:
+    """Placeholders and removed values of a run over PII-free documents."""
+    out = OverRedaction(documents=len(run.documents), quarantined=dict(run.quarantined))
+    for _, _, red in run.documents:
+        for chunk in red.chunks:
+            out.words += len(_PROSE_WORD.findall(_PLACEHOLDER_WORD.sub(" X ", chunk)))
+            out.placeholders.update(m.group()[1:-1].split(":")[0] for m in _PLACEHOLDER_WORD.finditer(chunk))
+        for text, spans in red.removals:
+            out.tokens.update((etype, " ".join(text[a:b].split()).casefold()) for etype, a, b in spans)
+    return out
+
+
+def over_redaction_files(docs_dir: Path, settings: Settings, policy_ref: str, tenant_key: bytes,
+                         pattern: str = "**/*") -> OverRedaction:
+    """Redact every file under ``docs_dir`` exactly as ingestion would, and count what was removed."""
+    files = [p for p in sorted(Path(docs_dir).glob(pattern)) if p.is_file() and not p.name.startswith(".")]
+    names: dict[str, tuple[Label, ...]] = {str(p.relative_to(docs_dir)): () for p in files}
+    if not names:
+        raise EvaluationInputError(f"no files in {docs_dir}")
+    return over_redaction(redact_like_ingestion(docs_dir, names, settings, policy_ref, tenant_key))
