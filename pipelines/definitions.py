@@ -17,7 +17,7 @@ enforce_offline()
 # Loading the code location in production without real secrets fails here, before any run.
 load_settings().require_secrets()
 
-jobs: list[dg.JobDefinition] = [ingest_documents_job, ingest_partitioned_job]
+jobs: list[dg.JobDefinition | dg.UnresolvedAssetJobDefinition] = [ingest_documents_job, ingest_partitioned_job]
 try:
     jobs.append(celery_job())
 except MissingExtraError:  # dagster-celery (the deploy extra) is not installed: no celery job on this host
