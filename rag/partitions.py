@@ -16,14 +16,14 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from connectors.base import Connector
-from rag.catalog.models import Chunk
+from connectors.base import Connector, SourceDocument
+from rag.catalog.models import Chunk, Document, QuarantineRecord
 from rag.catalog.store import CatalogStore
 from rag.ingest import EmbedStats, Manifest, PlannedRun, RedactionOptions, RedactStats, redact_documents
 
@@ -64,13 +64,69 @@ def busy_partitions(manifest: Manifest, count: int) -> list[Partition]:
 
 def redact_part(planned: PlannedRun, part: Partition, connector: Connector, catalog: CatalogStore,
                 options: RedactionOptions, on_progress: Callable[[int], None] | None = None) -> RedactStats:
-    """Redact the run's new and changed documents of one partition; the counts are returned, not recorded."""
+    """Redact the run's new and changed documents of one partition; the counts are returned, not recorded.
+
+    A retry of the step (its worker lost half-way) skips what the lost attempt already wrote for this
+    run, counting it as written, so the documents keep the version and chunks a single attempt gives.
+    """
     policy = planned.policy.load(options.policies_dir)
-    return redact_documents(
-        manifest_part(planned.manifest, part), connector, catalog, policy, options.limits, planned.version,
-        workers=options.workers, timeout_s=options.timeout_s, memory_mb=options.memory_mb,
-        policies_dir=options.policies_dir, tenant_key=options.tenant_key, run_id=planned.run_id,
-        on_progress=on_progress, recheck_fraction=options.recheck_fraction, policy_ref=planned.policy.file)
+    mine = manifest_part(planned.manifest, part)
+    earlier, done = _written_earlier(catalog, planned, mine.to_process)
+    stats = redact_documents(
+        replace(mine, to_process=tuple(d for d in mine.to_process if d.uri not in done)), connector, catalog, policy,
+        options.limits, planned.version, workers=options.workers, timeout_s=options.timeout_s,
+        memory_mb=options.memory_mb, policies_dir=options.policies_dir, tenant_key=options.tenant_key,
+        run_id=planned.run_id, on_progress=on_progress, recheck_fraction=options.recheck_fraction,
+        policy_ref=planned.policy.file)
+    stats.processed += earlier.processed
+    stats.stored += earlier.stored
+    stats.quarantined += earlier.quarantined
+    stats.chunks_written += earlier.chunks_written
+    stats.quarantine_by_reason.update(earlier.quarantine_by_reason)
+    stats.entities_removed.update(earlier.entities_removed)
+    stats.bytes_in += earlier.bytes_in
+    return stats
+
+
+def _written_earlier(catalog: CatalogStore, planned: PlannedRun,
+                     docs: Sequence[SourceDocument]) -> tuple[RedactStats, set[str]]:
+    """Which of ``docs`` the catalog already holds as this run leaves them (stored at the planned hash,
+    policy and pipeline version, or quarantined by this run at that hash), with their counts."""
+    stats = RedactStats()
+    done: set[str] = set()
+    wanted = {d.uri: d for d in docs}
+    source_id = planned.manifest.source_id
+    uris = list(wanted)
+    with catalog.session() as s:
+        for start in range(0, len(uris), 500):
+            batch = uris[start:start + 500]
+            stored = s.execute(
+                select(Document.uri, Document.sha256, Document.policy_hash, Document.pipeline_version,
+                       Document.entity_counts, Document.size, func.count(Chunk.id).label("chunks"))
+                .outerjoin(Chunk, Chunk.document_id == Document.id)
+                .where(Document.source_id == source_id, Document.uri.in_(batch)).group_by(Document.id))
+            for r in stored:
+                if (r.sha256, r.policy_hash, r.pipeline_version) == (wanted[r.uri].sha256, planned.policy.content_hash,
+                                                                     planned.version):
+                    done.add(r.uri)
+                    stats.processed += 1
+                    stats.stored += 1
+                    stats.chunks_written += r.chunks
+                    stats.entities_removed.update(Counter(r.entity_counts or {}))
+                    stats.bytes_in += r.size
+            quarantined = s.execute(
+                select(QuarantineRecord.uri, QuarantineRecord.sha256, QuarantineRecord.reason, QuarantineRecord.size)
+                .where(QuarantineRecord.source_id == source_id, QuarantineRecord.uri.in_(batch),
+                       QuarantineRecord.run_id == planned.run_id))
+            for r in quarantined:
+                if r.sha256 == wanted[r.uri].sha256 and r.uri not in done:
+                    done.add(r.uri)
+                    stats.processed += 1
+                    stats.quarantined += 1
+                    stats.quarantine_by_reason[r.reason] += 1
+                    if r.reason != "read_error":
+                        stats.bytes_in += r.size
+    return stats, done
 
 
 def merge_redact_counts(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
