@@ -23,8 +23,9 @@ def source_manifest(context: dg.AssetExecutionContext, config: IngestConfig,
                     enclave: EnclaveResource) -> dg.MaterializeResult[None]:
     """What the source holds now against the catalog; deletions and access changes are applied here."""
     components = enclave.components
-    connector = config.connector(enclave.settings.allowed_plugins)
-    run_id = start_run(connector, config.kind, config.path, components.catalog, components.policy(config.policy),
+    source = config.source(enclave.settings)
+    connector = source.connector
+    run_id = start_run(connector, source.kind, source.location, components.catalog, components.policy(source.policy),
                        components.version, dagster_run_id=context.run_id)
     planned = plan_run(run_id, connector, components.catalog, enclave.settings.policies_dir)
     counts = planned.manifest.counts()
@@ -45,7 +46,7 @@ def redacted_chunks(context: dg.AssetExecutionContext, config: IngestConfig,
     planned = planned_run(components.catalog, context.run_id)
     bar = tqdm(total=len(planned.manifest.to_process), desc="redact", unit="doc", file=sys.stderr,
                disable=not enclave.show_progress)
-    stats = redact_run(planned, config.connector(enclave.settings.allowed_plugins), components.catalog,
+    stats = redact_run(planned, config.source(enclave.settings).connector, components.catalog,
                        components.redaction, on_progress=bar.update)
     bar.close()
     context.log.info(f"documents written {stats.stored}, quarantined {stats.quarantined}")

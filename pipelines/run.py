@@ -12,6 +12,7 @@ from typing import Any
 
 import dagster as dg
 
+from pipelines.config import ingest_run_config
 from pipelines.definitions import defs
 from pipelines.resources import EnclaveResource
 from rag.errors import EnclaveError
@@ -23,15 +24,16 @@ def _instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
 
 
-def run_ingest(path: str, *, source_name: str = "", policy: str = "", groups: Sequence[str] = (),
+def run_ingest(path: str = "", *, source_name: str = "", policy: str = "", groups: Sequence[str] = (),
                public: bool = False, progress: bool = False, home: str = "", database_url: str = "",
-               log_level: str = "WARNING") -> IngestOutcome:
-    cfg = {"path": path, "source_name": source_name, "policy": policy, "groups": list(groups), "public": public}
+               log_level: str = "WARNING", declared: str = "") -> IngestOutcome:
+    """One ingestion run of the directory ``path``, or of the source ``declared`` in the sources file."""
     enclave = EnclaveResource(home=home, database_url=database_url, show_progress=progress)
     job = defs.resolve_job_def("ingest_documents_job")
     with _instance() as instance:
         result = job.execute_in_process(
-            run_config={"ops": {"source_manifest": {"config": cfg}, "redacted_chunks": {"config": cfg}},
+            run_config={**ingest_run_config(path=path, declared=declared, source_name=source_name, policy=policy,
+                                            groups=list(groups), public=public),
                         "loggers": {"console": {"config": {"log_level": log_level}}}},
             instance=instance, resources={"enclave": enclave}, raise_on_error=False)
         failure = None if result.success else _first_failure(result)

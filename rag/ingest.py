@@ -805,10 +805,11 @@ class IngestOutcome:
 
 
 class IngestRunner(Protocol):
-    """Runs one ingestion of a directory (the Dagster job registers one under ``enclave.orchestrators``)."""
+    """Runs one ingestion of a directory, or of a source ``declared`` in the sources file (the Dagster
+    job registers one under ``enclave.orchestrators``)."""
 
-    def __call__(self, path: str, *, source_name: str = "", policy: str = "", groups: Sequence[str] = (),
-                 public: bool = False, progress: bool = False) -> IngestOutcome: ...
+    def __call__(self, path: str = "", *, source_name: str = "", policy: str = "", groups: Sequence[str] = (),
+                 public: bool = False, progress: bool = False, declared: str = "") -> IngestOutcome: ...
 
 
 ORCHESTRATOR_GROUP = "enclave.orchestrators"

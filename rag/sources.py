@@ -259,6 +259,31 @@ def open_connector(source: Declaration, context: SourceContext) -> Connector:
                          **source.settings)
 
 
+@dataclass(frozen=True)
+class OpenedSource:
+    """One declared source ready to ingest: its connector and what the run records of it."""
+
+    name: str
+    kind: str
+    location: str
+    policy: str  # "" means ENCLAVE_POLICY
+    connector: Connector
+
+
+def declared_sources(settings: Any, environ: Mapping[str, str]) -> SourcesFile:
+    """The sources file the settings name (ENCLAVE_SOURCES_FILE), validated; a typed error without one."""
+    if settings.sources_file is None:
+        raise SourcesInvalidError("no sources file is configured: set ENCLAVE_SOURCES_FILE to a sources.yaml "
+                                  "(infra/sources.example.yaml shows one)")
+    return load_sources(settings.sources_file, environ=environ, policies_dir=settings.policies_dir)
+
+
+def open_source(source: Declaration, context: SourceContext) -> OpenedSource:
+    """The connector of one declaration with its kind, location and policy (cheap: nothing connects yet)."""
+    return OpenedSource(source.name, source.kind, source.location, source.policy or "",
+                        open_connector(source, context))
+
+
 # -- schema ---------------------------------------------------------------------------------------------
 
 

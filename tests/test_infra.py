@@ -168,6 +168,8 @@ def test_dagster_instance_file_is_valid_for_dagster(monkeypatch: pytest.MonkeyPa
         monkeypatch.setenv(name, "x")
     config, _ = dagster_instance_config(str(INFRA / "dagster"))
     assert "postgres" in config["storage"] and config["telemetry"]["enabled"] is False
+    assert config["storage"]["postgres"]["postgres_db"]["scheme"] == "postgresql+psycopg2"  # see the file
+    assert config["concurrency"]["pools"]["default_limit"] == 1  # the `gpu` pool of the embedding steps
     (server,) = _load(INFRA / "dagster" / "workspace.yaml")["load_from"]
     code = compose["services"]["dagster-code"]["command"]
     grpc = server["grpc_server"]

@@ -1,6 +1,7 @@
 """``enclave ingest``, ``status`` and ``chunks``: put documents in, and see what the catalog holds.
 
-``ingest`` runs the very Dagster job that ``dagster dev`` shows, in process (one code path, many
+``ingest`` takes a directory or sources declared in the sources file (``--source NAME``,
+``--all-sources``), and runs the very Dagster job that ``dagster dev`` shows, in process (one code path, many
 doors). It finds the job through the ``enclave.orchestrators`` entry point
 (:func:`rag.ingest.ingest_runner`), so the library never imports the code location.
 """
@@ -8,7 +9,9 @@ doors). It finds the job through the ``enclave.orchestrators`` entry point
 from __future__ import annotations
 
 import json
+import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,24 +19,71 @@ from rag.cli.display import echo_counts
 from rag.cli.options import parse_groups
 from rag.config import load_settings
 
+if TYPE_CHECKING:
+    from rag.ingest import IngestOutcome
+
 
 @click.command()
-@click.argument("path", type=click.Path(exists=True, file_okay=False))
-@click.option("--source", "source_name", default="", help="Catalog name of the source (default: directory name).")
+@click.argument("path", required=False, type=click.Path(exists=True, file_okay=False))
+@click.option("--source", "source_name", default="",
+              help="With PATH: catalog name of the source (default: directory name). Without PATH: the source "
+                   "of that name in the sources file (ENCLAVE_SOURCES_FILE).")
+@click.option("--all-sources", is_flag=True, help="Ingest every source of the sources file, one run each.")
 @click.option("--policy", default="", help="Redaction policy name (policies/NAME.yaml) or file.")
 @click.option("--groups", callback=parse_groups, default="",
               help="Comma-separated groups for documents without an .access.json.")
 @click.option("--public", is_flag=True, help="Documents without an .access.json are public.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def ingest(path: str, source_name: str, policy: str, groups: tuple[str, ...], public: bool,
-           progress: bool) -> None:
-    """Ingest the documents under PATH: parse, redact, embed, index (incremental)."""
+def ingest(path: str | None, source_name: str, all_sources: bool, policy: str, groups: tuple[str, ...],
+           public: bool, progress: bool) -> None:
+    """Ingest the documents under PATH, or declared sources: parse, redact, embed, index (incremental).
+
+    With several sources, each runs on its own: one that fails is reported with its reason and the
+    others still run; the exit status is 2 when any failed.
+    """
     if public and groups:
         raise click.UsageError("give --groups or --public, not both")
     from rag.ingest import ingest_runner
 
-    outcome = ingest_runner()(path, source_name=source_name, policy=policy, groups=list(groups),
-                              public=public, progress=progress and sys.stderr.isatty())
+    runner = ingest_runner()
+    show = progress and sys.stderr.isatty()
+    if path is not None:
+        if all_sources:
+            raise click.UsageError("give PATH or --all-sources, not both")
+        outcomes = [(source_name, runner(path, source_name=source_name, policy=policy, groups=list(groups),
+                                         public=public, progress=show))]
+    else:
+        if not (source_name or all_sources) or (source_name and all_sources):
+            raise click.UsageError("give PATH, --source NAME (a declared source) or --all-sources")
+        if groups or public:
+            raise click.UsageError("a declared source's default access is in the sources file, not --groups/--public")
+        names = _declared_names(source_name)
+        outcomes = [(name, runner(declared=name, policy=policy, progress=show)) for name in names]
+    for name, outcome in outcomes:
+        _echo_outcome(name, outcome)
+    failed = [name or "-" for name, outcome in outcomes if not outcome.success]
+    if len(outcomes) > 1:
+        click.echo(f"{len(outcomes) - len(failed)} of {len(outcomes)} sources completed"
+                   + (f"; failed: {', '.join(failed)}" if failed else ""))
+    if failed:
+        sys.exit(2)
+
+
+def _declared_names(source_name: str) -> list[str]:
+    """The declared sources to ingest; the sources file is validated whole before any run starts."""
+    from rag.errors import SourcesInvalidError
+    from rag.sources import declared_sources
+
+    try:
+        declared = declared_sources(load_settings(), os.environ)
+        if source_name:
+            declared.get(source_name)
+    except SourcesInvalidError as exc:
+        raise click.ClickException(str(exc)) from None
+    return [source_name] if source_name else declared.names
+
+
+def _echo_outcome(name: str, outcome: IngestOutcome) -> None:
     c = outcome.counts
     summary = {
         "new": c.new, "changed": c.changed, "unchanged": c.unchanged, "deleted": c.deleted,
@@ -41,10 +91,11 @@ def ingest(path: str, source_name: str, policy: str, groups: tuple[str, ...], pu
         "chunks_embedded": c.chunks_embedded, "pii_removed_by_type": dict(c.entities_removed),
         "quarantine_by_reason": dict(c.quarantine_by_reason),
     }
-    echo_counts(f"ingestion run {outcome.dagster_run_id}: {'completed' if outcome.success else 'FAILED'}", summary)
+    label = f"source {name}, " if name else ""
+    echo_counts(f"{label}ingestion run {outcome.dagster_run_id}: {'completed' if outcome.success else 'FAILED'}",
+                summary)
     if not outcome.success:
-        click.echo(f"error: {outcome.failure}", err=True)
-        sys.exit(2)
+        click.echo(f"error{f' ({name})' if name else ''}: {outcome.failure}", err=True)
 
 
 @click.command()
