@@ -35,7 +35,9 @@ RECORD_FORMAT_VERSION = 2
 _ADDED_IN_V2 = ("authenticated_via", "llm_distribution")
 
 Kind = Literal["search", "ask", "chat"]
-Outcome = Literal["ok", "no_results", "invalid_answer", "error", "timeout"]
+# "refused": the service turned the request away before reading its question (too large, invalid,
+# over its rate limit); error_type names the reason.
+Outcome = Literal["ok", "no_results", "invalid_answer", "error", "timeout", "refused"]
 SamplingValue = str | int | float | bool | None
 
 

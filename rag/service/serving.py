@@ -46,18 +46,9 @@ def ask(engine: QueryEngine, who: Principal, req: AskRequest, request_id: str) -
                        answer=out.answer.text, citations=_citations(out))
 
 
-def _question_of(req: ChatCompletionRequest) -> str:
-    for msg in reversed(req.messages):
-        if msg.role == "user" and msg.content:
-            if isinstance(msg.content, str):
-                return msg.content
-            return " ".join(str(part.get("text", "")) for part in msg.content if part.get("type") == "text")
-    raise ValueError("the chat request holds no user message")
-
-
 def chat(engine: QueryEngine, who: Principal, req: ChatCompletionRequest,
          request_id: str) -> tuple[dict[str, Any], AuditedAnswer]:
-    question = _question_of(req)
+    question = req.question()  # validated: present, non-empty, capped (protocol)
     out = engine.ask(question, user=who.user, groups=list(who.groups), kind="chat", request_id=request_id,
                      via=who.via)
     gen = out.answer.generation
