@@ -365,3 +365,60 @@ def test_the_rate_limit_answers_429_per_identity_and_audits_each_refusal(ingeste
         other = httpx.post(url + "/v1/search", json={"question": "visiting hours"},
                            headers=_auth(ingested, "calm", ("staff",)))
         assert other.status_code == 200  # the limit is per identity
+
+
+# --- the OpenAPI schema, fuzzed against the running service ---------------------------------------
+
+# examples per operation and generation mode: enough to hit every limit and type, few enough that the
+# model (positive ask/chat examples reach it) keeps the test to a couple of minutes on a busy CPU
+FUZZ_EXAMPLES = {"/v1/search": 30, "/v1/ask": 4, "/v1/chat/completions": 4}
+FUZZ_DEFAULT_EXAMPLES = 10
+
+
+def _fuzz(operation: Any, mode: Any, examples: int, headers: dict[str, str], settings: Settings,
+          calls: dict[str, int], problems: list[str]) -> None:
+    """Call one operation with ``examples`` generated requests; note each 5xx and each request on an
+    audited route that does not have exactly one audit record."""
+    from hypothesis import HealthCheck, Phase, given
+    from hypothesis import settings as fuzz_settings
+
+    from rag.service.guard import KIND_BY_PATH
+
+    path = operation.path
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @fuzz_settings(max_examples=examples, deadline=None, database=None, phases=[Phase.generate],
+                   suppress_health_check=list(HealthCheck))
+    def call(case: Any) -> None:
+        response = case.call(headers=headers, timeout=300)
+        calls[path] = calls.get(path, 0) + 1
+        if response.status_code >= 500 and response.status_code != 503:  # 503: a full generation queue
+            problems.append(f"{case.method} {path}: {response.status_code}")
+        if path in KIND_BY_PATH:
+            [request_id] = response.headers["x-request-id"]  # schemathesis: each header a list of values
+            records = _records(settings, request_id)
+            if len(records) != 1:
+                problems.append(f"{case.method} {path}: {response.status_code} with {len(records)} records")
+
+    call()
+
+
+def test_fuzzing_the_schema_finds_no_5xx_and_no_unaudited_request(server: str, ingested: Settings) -> None:
+    import schemathesis
+    from schemathesis import GenerationMode
+
+    from rag.service.guard import KIND_BY_PATH
+
+    schema = schemathesis.openapi.from_url(server + "/openapi.json")
+    headers = _auth(ingested, "fuzz", ("staff",))
+    problems: list[str] = []
+    calls: dict[str, int] = {}
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        examples = FUZZ_EXAMPLES.get(operation.path, FUZZ_DEFAULT_EXAMPLES)
+        _fuzz(operation, GenerationMode.POSITIVE, examples, headers, ingested, calls, problems)
+        if operation.method.upper() == "POST":  # a GET without parameters has no invalid form
+            # invalid requests are refused before the model: cheap, so more of them
+            _fuzz(operation, GenerationMode.NEGATIVE, 3 * examples, headers, ingested, calls, problems)
+    assert set(KIND_BY_PATH) <= set(calls), calls
+    assert not problems, problems
