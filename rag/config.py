@@ -107,6 +107,8 @@ class Settings(BaseSettings):
     # HTTP service limits and hardening (rag/service/guard.py; README "Service limits and hardening").
     # Bodies over this are refused (413) by Content-Length and while they stream in, before parsing.
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # ...and refused (408) when the body has not all arrived this long after the request began.
+    body_timeout_s: float = Field(default=30.0, gt=0)
     max_token_bytes: int = Field(default=8192, ge=256)  # a bearer token
     max_groups: int = Field(default=256, ge=1)  # in a JWT groups claim or the trusted groups header
     # Per identity, e.g. "60/minute" (the ``limits`` notation); "" is off. None: off in development,

@@ -216,6 +216,21 @@ def test_a_streamed_body_over_the_limit_gets_413_and_one_audit_record(server: st
     assert _one_record(ingested, r)["error_type"] == "body_too_large"
 
 
+def test_a_body_that_arrives_too_slowly_gets_408_and_one_audit_record(ingested: Settings,
+                                                                       engine: QueryEngine) -> None:
+    token = _auth(ingested)["Authorization"].encode()
+    head = (b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: " + token +
+            b"\r\nContent-Length: 1000\r\n\r\n")
+    with running(ingested.model_copy(update={"body_timeout_s": 1.0}), engine) as url:
+        started = time.monotonic()
+        status, data = _raw_request(url, head, b'{"question": "')  # then nothing: a slowloris client
+    assert status == 408 and time.monotonic() - started < 10
+    request_id = next(line.split(b": ")[1].decode() for line in data.split(b"\r\n")
+                      if line.lower().startswith(b"x-request-id"))
+    [record] = _records(ingested, request_id)
+    assert record["outcome"] == "refused" and record["error_type"] == "body_timeout"
+
+
 def test_a_422_names_the_field_and_rule_but_never_echoes_the_value(server: str, ingested: Settings) -> None:
     question = " ".join(["John Q. Marlowe 415-555-0199"] * 200)
     r = httpx.post(server + "/v1/search", json={"question": question, "k": 10}, headers=_auth(ingested))

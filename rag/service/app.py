@@ -98,7 +98,8 @@ def create_app(settings: Settings | None = None,
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.status_code, "bad_request")
+        kind = {404: "not_found", 405: "method_not_allowed", 408: "body_timeout",
+                413: "body_too_large"}.get(exc.status_code, "bad_request")
         await audit_refusal(request.scope, kind)  # an authenticated search/ask/chat refused: one record
         return error_body(exc.status_code, kind, str(exc.detail), request.state.request_id,
                           dict(exc.headers) if exc.headers else None)

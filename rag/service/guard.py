@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import anyio
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -182,13 +183,19 @@ class ServiceGuard:
         return None
 
     def _bounded(self, scope: Scope, receive: Receive) -> Receive:
-        """``receive`` that stops a body at the limit while it streams in, whatever Content-Length said."""
+        """``receive`` that stops a body at the limit while it streams in, whatever Content-Length said,
+        and a body still arriving ``body_timeout_s`` after the request began (a slowloris client)."""
         limit = self.settings.max_body_bytes
+        deadline = state_of(scope)["started"] + self.settings.body_timeout_s
         seen = 0
 
         async def bounded() -> Message:
             nonlocal seen
-            message = await receive()
+            with anyio.move_on_after(max(0.0, deadline - time.perf_counter())) as waiting:
+                message = await receive()
+            if waiting.cancelled_caught:
+                self.metrics.refusals.labels("body_timeout").inc()
+                raise HTTPException(408, f"the request body did not arrive within {self.settings.body_timeout_s:g} s")
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
