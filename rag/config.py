@@ -19,6 +19,7 @@ from rag.embedding import Precision
 # A keyed hash under a short or well-known key is as guessable as no key (dictionary attack).
 MIN_SECRET_LENGTH = 32
 _PLACEHOLDER_SECRETS = frozenset({"changethis", "change-me", "changeme", "secret"})
+DEFAULT_PRODUCTION_RATE_LIMIT = "120/minute"  # per identity; each ask may hold the model for seconds
 
 
 def _bundled_embedding_model() -> str:
@@ -110,6 +111,25 @@ class Settings(BaseSettings):
     jwt_audience: str = "enclave"
     trusted_header_mode: bool = False
 
+    # HTTP service limits and hardening (rag/service/guard.py; README "Service limits and hardening").
+    # Bodies over this are refused (413) by Content-Length and while they stream in, before parsing.
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    # ...and refused (408) when the body has not all arrived this long after the request began.
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    max_token_bytes: int = Field(default=8192, ge=256)  # a bearer token
+    max_groups: int = Field(default=256, ge=1)  # in a JWT groups claim or the trusted groups header
+    # Per identity, e.g. "60/minute" (the ``limits`` notation); "" is off. None: off in development,
+    # DEFAULT_PRODUCTION_RATE_LIMIT in production.
+    rate_limit: str | None = None
+    # /metrics is off unless one of these is set: a bearer token it requires, or a separate
+    # listener (host, port) that the service's own port does not expose.
+    metrics_token: SecretStr = SecretStr("")
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+    # /docs and /redoc: None means on in development and off in production. FastAPI's pages load
+    # their scripts from a public CDN, so the reader's browser would phone out.
+    api_docs: bool | None = None
+
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:
         self.home = self.home.expanduser().resolve()
@@ -121,6 +141,16 @@ class Settings(BaseSettings):
             else:
                 self.audit_database_url = self.database_url
         return self
+
+    @property
+    def effective_rate_limit(self) -> str:
+        if self.rate_limit is None:
+            return DEFAULT_PRODUCTION_RATE_LIMIT if self.environment == "production" else ""
+        return self.rate_limit
+
+    @property
+    def docs_enabled(self) -> bool:
+        return self.api_docs if self.api_docs is not None else self.environment == "development"
 
     @property
     def allowed_plugins(self) -> frozenset[str]:
@@ -174,6 +204,21 @@ def enforce_offline() -> None:
     offline = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
     tld_module.TLD_EXTRACTOR = offline
     tldextract.extract = offline  # type: ignore[assignment]  # module-level convenience function
+
+
+def secure_home(settings: Settings) -> None:
+    """ENCLAVE_HOME holds the catalog, the index and the audit log: its owner alone may read them.
+
+    The home becomes 0700 and what it already holds 0600 (directories 0700); the process umask
+    becomes 077, so every file created from here on (SQLite and its journals, index files, temp
+    files of the libraries) is 0600 too. Called by the service and the CLI at start-up.
+    """
+    os.umask(0o077)
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings.home.chmod(0o700)
+    for path in settings.home.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(0o700 if path.is_dir() else 0o600)
 
 
 def load_settings(**overrides: object) -> Settings:

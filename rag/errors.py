@@ -51,6 +51,19 @@ class IndexIntegrityError(EnclaveError):
     """The vector index and the catalog disagree."""
 
 
+class RequestFailedError(EnclaveError):
+    """A search or answer failed inside the engine; the failure is already in the audit log.
+
+    The message names the request id and the failing step's error type, never its text (a
+    library's message may quote the input).
+    """
+
+    def __init__(self, request_id: str, error_type: str) -> None:
+        super().__init__(f"request {request_id} failed ({error_type}); the failure is audited under that id")
+        self.request_id = request_id
+        self.error_type = error_type
+
+
 class GenerationError(EnclaveError):
     """The model failed, timed out, or returned an invalid answer."""
 

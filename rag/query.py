@@ -6,7 +6,10 @@ The one code path behind ``enclave search``/``ask``, the HTTP service and ``encl
     ask:    search ─▶ Answerer (prompt, Generator, schema check) ─▶ AuditLog.append ─▶ answer
 
 If the audit record cannot be written, the caller gets the error, not the result. A failure of
-the model is an outcome that is audited like any other, never an unaudited exception.
+the model is an outcome that is audited like any other, never an unaudited exception. Any other
+failure is audited by a record built from what is already known (never by re-running the step
+that failed) and then raised as :class:`~rag.errors.RequestFailedError`; a request refused before
+it reaches the engine (too large, invalid, over its rate) is audited by :meth:`record_refusal`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from rag.audit import AuditEntry, AuditLog, AuditRecord, Kind, Outcome, Retrieve
 from rag.catalog.store import CatalogStore
 from rag.config import Settings
 from rag.embedding import SentenceTransformerEmbedder
+from rag.errors import RequestFailedError
 from rag.index import FaissIndex
 from rag.lexical import Bm25Index
 from rag.lifecycle.subjects import without_tokens
@@ -97,15 +101,20 @@ class QueryEngine:
             return self._answerer
 
     def question_hash(self, question: str, redacted: str | None) -> str:
-        """Keyed hash of the question as asked: provable later, unreadable without the tenant key."""
+        """Keyed hash of the question as asked: provable later, unreadable without the tenant key.
+
+        Never fails: it runs on the error path too, where the question may be the very input that
+        made a step fail (a lone surrogate is hashed by its code points, ``surrogatepass``).
+        """
         key = self.settings.tenant_key.get_secret_value().encode()
         if key:
-            return "hmac-sha256:" + hmac.new(key, question.encode(), hashlib.sha256).hexdigest()
+            raw = question.encode("utf-8", "surrogatepass")
+            return "hmac-sha256:" + hmac.new(key, raw, hashlib.sha256).hexdigest()
         # without a tenant key an unkeyed hash of the raw question could be brute-forced: hash the
-        # redacted one (already computed by retrieval; redacted again only if retrieval failed first)
+        # redacted one, and none at all when redaction did not produce it (never redact again here)
         if redacted is None:
-            redacted = self.retriever.redact_question(question)
-        return "sha256-redacted:" + hashlib.sha256(redacted.encode()).hexdigest()
+            return "none:not-redacted"
+        return "sha256-redacted:" + hashlib.sha256(redacted.encode("utf-8", "surrogatepass")).hexdigest()
 
     def _entry(self, *, kind: Kind, request_id: str, user: str, groups: tuple[str, ...], purpose: str | None,
                question: str, result: SearchResult | None, shown: set[int], outcome: Outcome, started: float,
@@ -141,17 +150,18 @@ class QueryEngine:
         # The service passes its own id, so its reply, an error body and the audit record name the same one.
         request_id = request_id or uuid.uuid4().hex
         g = tuple(sorted(set(groups)))
+        question = valid_unicode(question)
+        purpose_redacted: str | None = None
         try:
+            purpose_redacted = self._redact_purpose(purpose)
             result = self.retriever.search(question, g, k=k, mode=mode)
         except Exception as exc:
-            self.audit.append(self._entry(kind=kind, request_id=request_id, user=user, groups=g, purpose=purpose,
-                                          question=question, result=None, shown=set(), outcome="error",
-                                          started=started, via=via, error_type=type(exc).__name__))
-            raise
+            raise self._failed(kind=kind, request_id=request_id, user=user, groups=g, purpose=purpose_redacted,
+                               question=question, result=None, started=started, via=via, exc=exc) from exc
         outcome: Outcome = "ok" if result.hits else "no_results"
         record = self.audit.append(self._entry(kind=kind, request_id=request_id, user=user, groups=g,
-                                               purpose=purpose, question=question, result=result, shown=set(),
-                                               outcome=outcome, started=started, via=via))
+                                               purpose=purpose_redacted, question=question, result=result,
+                                               shown=set(), outcome=outcome, started=started, via=via))
         return AuditedSearch(result, record, request_id)
 
     def ask(self, question: str, *, user: str, groups: list[str], k: int = 5, purpose: str | None = None,
@@ -160,20 +170,22 @@ class QueryEngine:
         started = time.perf_counter()
         request_id = request_id or uuid.uuid4().hex
         g = tuple(sorted(set(groups)))
+        question = valid_unicode(question)
         result: SearchResult | None = None
+        purpose_redacted: str | None = None
         try:
+            purpose_redacted = self._redact_purpose(purpose)
             result = self.retriever.search(question, g, k=k, mode="hybrid")
             passages = [_passage(i, h) for i, h in enumerate(result.hits)]
             answer = self.answerer.answer(result.question, passages)
         except Exception as exc:
-            self.audit.append(self._entry(kind=kind, request_id=request_id, user=user, groups=g, purpose=purpose,
-                                          question=question, result=result, shown=set(), outcome="error",
-                                          started=started, via=via, error_type=type(exc).__name__))
-            raise
+            raise self._failed(kind=kind, request_id=request_id, user=user, groups=g, purpose=purpose_redacted,
+                               question=question, result=result, started=started, via=via, exc=exc) from exc
         by_label = {p.passage_id: p.chunk_id for p in passages}
         shown = {by_label[pid] for pid in answer.shown_passage_ids if pid in by_label}
         record = self.audit.append(self._entry(kind=kind, request_id=request_id, user=user, groups=g,
-                                               purpose=purpose, question=question, result=result, shown=shown,
+                                               purpose=purpose_redacted, question=question, result=result,
+                                               shown=shown,
                                                outcome=answer.outcome, started=started, via=via, answer=answer,
                                                error_type=answer.error))
         return AuditedAnswer(result, answer, record, request_id)
@@ -184,9 +196,60 @@ class QueryEngine:
         allowed to see them (ENCLAVE_ORIGINAL_VIEW_GROUPS), audited; tokens for everyone else."""
         return self.vault.render(texts, user=user, groups=groups, via=via, request_id=request_id)
 
+    def _redact_purpose(self, purpose: str | None) -> str | None:
+        """The declared purpose is free text from the caller: it is stored redacted, like the question."""
+        return self.retriever.redact_question(valid_unicode(purpose)) if purpose else purpose
+
+    def _failure_entry(self, *, kind: Kind, request_id: str, user: str, groups: tuple[str, ...],
+                       purpose: str | None, question: str | None, result: SearchResult | None, started: float,
+                       via: str | None, outcome: Outcome, error_type: str) -> AuditEntry:
+        """A record from what is known already: no redaction, no model, nothing that could fail again."""
+        hits = result.hits if result is not None else ()
+        llm: dict[str, Any] = {} if kind == "search" else {"llm_backend": self.settings.llm_backend}
+        return AuditEntry(
+            request_id=request_id, kind=kind, user=user, groups=groups, authenticated_via=via, purpose=purpose,
+            question_redacted=result.question if result is not None else "",
+            question_hash=(self.question_hash(question, result.question if result is not None else None)
+                           if question is not None else "none:not-read"),
+            chunks=tuple(RetrievedChunkRecord(h.chunk_id, h.document_id, h.document_version, h.content_hash,
+                                              float(h.score), False) for h in hits),
+            policy_name=self.policy.name, policy_hash=self.policy.content_hash, index_version=self.index.version,
+            embedding_model=self.embedder.model_name, embedding_model_hash=self.embedder.weights_sha256,
+            outcome=outcome, error_type=error_type, latency_ms=(time.perf_counter() - started) * 1000.0, **llm)
+
+    def _failed(self, *, kind: Kind, request_id: str, user: str, groups: tuple[str, ...], purpose: str | None,
+                question: str, result: SearchResult | None, started: float, via: str | None,
+                exc: Exception) -> RequestFailedError:
+        """Audit a failed request; the caller raises what this returns (the cause chained)."""
+        error_type = type(exc).__name__
+        self.audit.append(self._failure_entry(kind=kind, request_id=request_id, user=user, groups=groups,
+                                              purpose=purpose, question=question, result=result,
+                                              started=started, via=via, outcome="error", error_type=error_type))
+        log.warning("request failed", extra={"request_id": request_id, "error": error_type})
+        return RequestFailedError(request_id, error_type)
+
+    def record_refusal(self, *, kind: Kind, request_id: str, user: str, groups: tuple[str, ...],
+                       via: str | None, reason: str, started: float, outcome: Outcome = "refused") -> AuditRecord:
+        """Audit a request refused before its question was read (too large, invalid, over its rate),
+        or one that failed outside the engine (``outcome="error"``, ``reason`` the error type)."""
+        return self.audit.append(self._failure_entry(kind=kind, request_id=request_id, user=user,
+                                                     groups=tuple(sorted(set(groups))), purpose=None,
+                                                     question=None, result=None, started=started, via=via,
+                                                     outcome=outcome, error_type=reason))
+
     def close(self) -> None:
         self.catalog.dispose()
         self.audit.dispose()
+
+
+def valid_unicode(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD: a str from JSON may hold one, and no
+    encoder downstream (the redactor, the keyed hash, the audit's canonical JSON) accepts it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 def _passage(i: int, h: Hit) -> Passage:

@@ -416,6 +416,23 @@ def _digit_group_phone_recognizer(base: type[Any], regions: Sequence[str], lenie
     return _DigitGroupPhoneRecognizer(supported_regions=list(regions), name="PhoneRecognizer", leniency=leniency)
 
 
+# Presidio invalidates SSNs that start with these published sample numbers (123-45-6789,
+# 078-05-1120 of the Woolworth wallet) as "not real". A regulated site cannot tell a sample from
+# a patient's number in its own text, and wants both out: they are removed like any other.
+SAMPLE_SSNS = ("123456789", "078051120", "98765432")
+
+
+def _sample_removing_ssn_recognizer(base: type[Any]) -> Any:
+    class _SampleRemovingSsnRecognizer(base):  # type: ignore[misc]  # Presidio's class, imported lazily
+        def invalidate_result(self, pattern_text: str) -> bool:
+            digits = "".join(c for c in pattern_text if c.isdigit())
+            if digits.startswith(SAMPLE_SSNS):
+                return False
+            return bool(super().invalidate_result(pattern_text))
+
+    return _SampleRemovingSsnRecognizer()
+
+
 class PresidioRedactor:
     """Presidio + spaCy redactor configured by a :class:`~rag.policy.Policy`.
 
@@ -450,7 +467,7 @@ class PresidioRedactor:
         from presidio_analyzer import AnalyzerEngine, EntityRecognizer, RecognizerRegistry
         from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
         from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
-        from presidio_analyzer.predefined_recognizers import PhoneRecognizer
+        from presidio_analyzer.predefined_recognizers import PhoneRecognizer, UsSsnRecognizer
 
         try:
             nlp = spacy.load(self.spacy_model, exclude=list(_NER_ONLY_EXCLUDE))
@@ -472,6 +489,8 @@ class PresidioRedactor:
         registry.remove_recognizer("PhoneRecognizer")
         registry.add_recognizer(_digit_group_phone_recognizer(PhoneRecognizer, self.policy.phone_regions,
                                                               PHONE_LENIENCY[self.policy.phone_leniency]))
+        registry.remove_recognizer("UsSsnRecognizer")
+        registry.add_recognizer(_sample_removing_ssn_recognizer(UsSsnRecognizer))
         if self._vocabulary is not None:
             detector = self._vocabulary
             registry.add_recognizer(_vocabulary_recognizer(EntityRecognizer, detector))

@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,24 @@ def sample_corpus(tmp_path: Path) -> Path:
     dest = tmp_path / "corpus"
     shutil.copytree(SAMPLE_CORPUS, dest)
     return dest
+
+
+@contextmanager
+def ingested_sample(base: Path) -> Iterator[Path]:
+    """The sample corpus ingested through the real pipeline into ``base/home``; yields that home."""
+    corpus = base / "corpus"
+    shutil.copytree(SAMPLE_CORPUS, corpus)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ENCLAVE_HOME", str(base / "home"))
+    mp.delenv("ENCLAVE_DATABASE_URL", raising=False)
+    from pipelines.run import run_ingest
+
+    out = run_ingest(str(corpus), source_name="sample")
+    assert out.success, out.failure
+    try:
+        yield base / "home"
+    finally:
+        mp.undo()
 
 
 def _scratch_database(variable: str, create: str, drop: str) -> Iterator[str]:

@@ -21,7 +21,6 @@ import uvicorn
 from llm_server import free_loopback_port, llama_server, smollm2_generator  # noqa: F401  # fixtures
 from sqlalchemy import select
 
-from pipelines.run import run_ingest
 from rag.audit import AuditLog
 from rag.catalog.models import Document
 from rag.config import Settings
@@ -41,20 +40,10 @@ ONCOLOGY_QUESTIONS = [
 
 @pytest.fixture(scope="module")
 def ingested(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    import shutil
+    from conftest import ingested_sample
 
-    from conftest import SAMPLE_CORPUS
-
-    base = tmp_path_factory.mktemp("query")
-    corpus = base / "corpus"
-    shutil.copytree(SAMPLE_CORPUS, corpus)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ENCLAVE_HOME", str(base / "home"))
-    mp.delenv("ENCLAVE_DATABASE_URL", raising=False)
-    out = run_ingest(str(corpus), source_name="sample")
-    assert out.success, out.failure
-    yield Settings(home=base / "home", jwt_key=JWT_KEY, llm_max_tokens=96, llm_context_tokens=2048)
-    mp.undo()
+    with ingested_sample(tmp_path_factory.mktemp("query")) as home:
+        yield Settings(home=home, jwt_key=JWT_KEY, llm_max_tokens=96, llm_context_tokens=2048)
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +247,8 @@ def test_health_and_metrics_answer(server: str) -> None:
     health = httpx.get(server + "/healthz").json()
     assert health["status"] == "ok"
     assert health["index_backend"].startswith(f"faiss {faiss.__version__} (cpu build, from faiss-cpu ")
-    assert "enclave_requests_total" in httpx.get(server + "/metrics").text
+    # /metrics is off unless ENCLAVE_METRICS_TOKEN or ENCLAVE_METRICS_PORT is set (test_service_hardening.py)
+    assert httpx.get(server + "/metrics").status_code == 404
     assert httpx.get(server + "/docs").status_code == 200
 
 

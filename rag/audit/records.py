@@ -39,7 +39,9 @@ _ADDED_IN_V3 = ("event",)
 
 # search, ask and chat are requests; the others are compliance actions (rag.lifecycle).
 Kind = Literal["search", "ask", "chat", "erase", "hold", "reveal", "retention"]
-Outcome = Literal["ok", "no_results", "invalid_answer", "error", "timeout"]
+# "refused": the service turned the request away before reading its question (too large, invalid,
+# over its rate limit); error_type names the reason.
+Outcome = Literal["ok", "no_results", "invalid_answer", "error", "timeout", "refused"]
 SamplingValue = str | int | float | bool | None
 
 

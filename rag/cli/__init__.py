@@ -23,7 +23,7 @@ from rag.cli.eval import eval_group
 from rag.cli.ingest import chunks, ingest, status
 from rag.cli.lifecycle import compliance, erase, hold, retention, reveal
 from rag.cli.query import ask, search, serve
-from rag.config import load_settings
+from rag.config import load_settings, secure_home
 from rag.errors import EnclaveError
 
 # Commands that read documents or questions: in production they need the real secrets first.
@@ -35,7 +35,9 @@ _NEEDS_SECRETS = frozenset({"ingest", "search", "ask", "serve", "eval", "erase",
 def main(ctx: click.Context) -> None:
     """Enclave: RAG over your own documents, on your own hardware."""
     if ctx.invoked_subcommand in _NEEDS_SECRETS:
-        load_settings().require_secrets(serving=ctx.invoked_subcommand == "serve")
+        settings = load_settings()
+        settings.require_secrets(serving=ctx.invoked_subcommand == "serve")
+        secure_home(settings)  # the home 0700, what it holds 0600
 
 
 for _command in (ingest, status, chunks, search, ask, serve, audit, eval_group, erase, hold,

@@ -1,26 +1,31 @@
 """The router: HTTP only. Identity, request parsing, status codes, metrics; the work is in serving.py.
 
-Every route that reads documents depends on ``PrincipalDep``: no verified identity gives 401,
-never an anonymous answer. Errors come back as a typed body carrying the request id.
+Every route under /v1/ needs a verified identity: :mod:`rag.service.guard` resolves it (401
+otherwise) and applies the size and rate limits before FastAPI reads the body. Errors come back
+as a typed body carrying the request id; a 422 names each field and rule, never the value sent.
+Only the client's input is a 4xx: a failure of our own code is a 500, audited.
 """
 
 
+import hmac
 import logging
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rag.config import Settings, load_settings
+from rag.config import Settings, load_settings, secure_home
 from rag.errors import AccessDeniedError, AuthenticationError, EnclaveError
 from rag.index import faiss_build
 from rag.query import QueryEngine
 from rag.service import serving
-from rag.service.auth import Principal, principal_from_headers
+from rag.service.auth import Principal
+from rag.service.guard import ServiceGuard, ServiceMetrics, audit_refusal, error_body
 from rag.service.protocol import (
     AskRequest,
     AskResponse,
@@ -35,23 +40,14 @@ from rag.service.protocol import (
 log = logging.getLogger(__name__)
 
 
-def _error(status: int, kind: str, message: str, request_id: str,
-           headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"error": {"type": kind, "message": message, "request_id": request_id}}
-    return JSONResponse(status_code=status, content=body, headers=headers)
-
-
 def create_app(settings: Settings | None = None,
                engine_factory: Callable[[Settings], QueryEngine] | None = None) -> FastAPI:
     settings = settings or load_settings()
     settings.require_secrets(serving=True)
+    secure_home(settings)
     index_backend = faiss_build().describe()  # refuses to start without faiss, or with two builds installed
     factory = engine_factory or (lambda s: QueryEngine(s))
-    registry = CollectorRegistry()
-    requests = Counter("enclave_requests_total", "Requests by route and outcome", ["route", "outcome"],
-                       registry=registry)
-    latency = Histogram("enclave_request_seconds", "Request latency", ["route"], registry=registry,
-                        buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+    metrics = ServiceMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -59,16 +55,29 @@ def create_app(settings: Settings | None = None,
         engine = factory(settings)
         engine.warm_up()
         app.state.engine = engine
+        exporter = None
+        if settings.metrics_port is not None:  # a listener of its own, not exposed on the service's port
+            from prometheus_client import start_http_server
+
+            exporter = start_http_server(settings.metrics_port, settings.metrics_host, registry=metrics.registry)
         yield
+        if exporter is not None:
+            exporter[0].shutdown()
         engine.close()
 
+    docs = settings.docs_enabled
     app = FastAPI(title="Enclave", version="0.1.0", lifespan=lifespan,
-                  responses={401: {"model": ErrorResponse}, 500: {"model": ErrorResponse}})
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None,
+                  responses={401: {"model": ErrorResponse}, 413: {"model": ErrorResponse},
+                             422: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
+                             500: {"model": ErrorResponse}})
+    app.add_middleware(ServiceGuard, settings=settings, metrics=metrics)
 
-    def principal(authorization: Annotated[str | None, Header()] = None,
-                  x_enclave_user: Annotated[str | None, Header()] = None,
-                  x_enclave_groups: Annotated[str | None, Header()] = None) -> Principal:
-        return principal_from_headers(authorization, x_enclave_user, x_enclave_groups, settings)
+    def principal(request: Request) -> Principal:
+        who: Principal | None = getattr(request.state, "principal", None)
+        if who is None:  # a route outside the guarded prefix that asks for an identity: deny
+            raise AuthenticationError("no verified identity: send 'Authorization: Bearer <token>'")
+        return who
 
     def engine(request: Request) -> QueryEngine:
         eng: QueryEngine = request.app.state.engine
@@ -77,53 +86,67 @@ def create_app(settings: Settings | None = None,
     PrincipalDep = Annotated[Principal, Depends(principal)]
     EngineDep = Annotated[QueryEngine, Depends(engine)]
 
-    @app.middleware("http")
-    async def request_ids(request: Request, call_next: Callable[[Request], Any]) -> Any:
-        request.state.request_id = serving.new_request_id()
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.url.path
-        latency.labels(route).observe(time.perf_counter() - started)
-        requests.labels(route, str(response.status_code)).inc()
-        response.headers["x-request-id"] = request.state.request_id
-        return response
-
     @app.exception_handler(AuthenticationError)
     async def unauthenticated(request: Request, exc: AuthenticationError) -> JSONResponse:
-        return _error(401, "unauthenticated", str(exc), request.state.request_id, {"WWW-Authenticate": "Bearer"})
+        return error_body(401, "unauthenticated", str(exc), request.state.request_id, {"WWW-Authenticate": "Bearer"})
 
     @app.exception_handler(AccessDeniedError)
     async def forbidden(request: Request, exc: AccessDeniedError) -> JSONResponse:
-        return _error(403, "forbidden", str(exc), request.state.request_id)
+        return error_body(403, "forbidden", str(exc), request.state.request_id)
 
     @app.exception_handler(EnclaveError)
     async def enclave_error(request: Request, exc: EnclaveError) -> JSONResponse:
         log.warning("request failed", extra={"request_id": request.state.request_id, "error": type(exc).__name__})
-        return _error(500, type(exc).__name__, str(exc), request.state.request_id)
+        return error_body(500, type(exc).__name__, str(exc), request.state.request_id)
 
-    @app.exception_handler(ValueError)
-    async def bad_request(request: Request, exc: ValueError) -> JSONResponse:
-        return _error(400, "bad_request", str(exc), request.state.request_id)
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = [{"field": ".".join(str(p) for p in e.get("loc", ())), "rule": str(e.get("type", "")),
+                   "message": str(e.get("msg", ""))} for e in exc.errors()]
+        await audit_refusal(request.scope, "invalid_request")
+        return error_body(422, "invalid_request", "the request does not match the schema", request.state.request_id,
+                          fields=fields)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found", 405: "method_not_allowed", 408: "body_timeout",
+                413: "body_too_large"}.get(exc.status_code, "bad_request")
+        await audit_refusal(request.scope, kind)  # an authenticated search/ask/chat refused: one record
+        return error_body(exc.status_code, kind, str(exc.detail), request.state.request_id,
+                          dict(exc.headers) if exc.headers else None)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok", "index_backend": index_backend}
 
-    @app.get("/metrics", response_class=PlainTextResponse)
-    def metrics() -> PlainTextResponse:
-        return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    metrics_token = settings.metrics_token.get_secret_value()
+
+    @app.get("/metrics", response_class=PlainTextResponse, include_in_schema=False)
+    def prometheus(request: Request) -> PlainTextResponse:
+        if not metrics_token:  # off here: no token set (a separate listener may serve them)
+            raise StarletteHTTPException(404, "Not Found")
+        sent = request.headers.get("authorization", "")
+        if not hmac.compare_digest(sent.encode(), f"Bearer {metrics_token}".encode()):
+            raise StarletteHTTPException(401, "/metrics needs 'Authorization: Bearer <ENCLAVE_METRICS_TOKEN>'",
+                                         headers={"WWW-Authenticate": "Bearer"})
+        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/search", response_model=SearchResponse)
     def search(req: SearchRequest, who: PrincipalDep, eng: EngineDep, request: Request) -> SearchResponse:
-        return serving.search(eng, who, req, request.state.request_id)
+        out = serving.search(eng, who, req, request.state.request_id)
+        request.state.audited = True
+        return out
 
     @app.post("/v1/ask", response_model=AskResponse)
     def ask(req: AskRequest, who: PrincipalDep, eng: EngineDep, request: Request) -> AskResponse:
-        return serving.ask(eng, who, req, request.state.request_id)
+        out = serving.ask(eng, who, req, request.state.request_id)
+        request.state.audited = True
+        return out
 
     @app.post("/v1/chat/completions", response_model=None)
     def chat(req: ChatCompletionRequest, who: PrincipalDep, eng: EngineDep, request: Request) -> Any:
         body, _ = serving.chat(eng, who, req, request.state.request_id)
+        request.state.audited = True
         if req.stream:
             return StreamingResponse(serving.chat_stream(body), media_type="text/event-stream")
         return body

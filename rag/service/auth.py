@@ -4,6 +4,11 @@ No verified identity, no answer: every route that reads documents depends on ``p
 which raises 401 when the bearer token is missing, unsigned, expired, for another audience,
 or names no user. Trusted-header mode is for deployments behind an internal gateway that has
 already authenticated the user; it is off unless configured.
+
+Whatever an identity carries goes into every audit record, so it is bounded and clean: a user
+name of at most :data:`MAX_NAME_CHARS` printable characters (not only spaces), at most
+``Settings.max_groups`` groups of at most :data:`MAX_NAME_CHARS` each, a token of at most
+``Settings.max_token_bytes``. Anything else is refused, never truncated.
 """
 
 from __future__ import annotations
@@ -13,10 +18,34 @@ from dataclasses import dataclass
 import jwt
 
 from rag.config import Settings
-from rag.errors import AuthenticationError
+from rag.errors import AuthenticationError, EnclaveError
 
 USER_HEADER = "x-enclave-user"
 GROUPS_HEADER = "x-enclave-groups"
+MAX_NAME_CHARS = 256  # a user name or a group name
+
+
+class IdentityHeaderError(EnclaveError):
+    """The identity headers are malformed (duplicated, not UTF-8): a 400, whatever they say."""
+
+
+def _clean_name(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise AuthenticationError(f"{what} must be a string")
+    name = value.strip()
+    if not name:
+        raise AuthenticationError(f"{what} is empty")
+    if len(name) > MAX_NAME_CHARS:
+        raise AuthenticationError(f"{what} is longer than {MAX_NAME_CHARS} characters")
+    if not name.isprintable():  # control characters, lone surrogates
+        raise AuthenticationError(f"{what} holds characters that are not printable")
+    return name
+
+
+def _clean_groups(groups: list[object], settings: Settings, what: str) -> tuple[str, ...]:
+    if len(groups) > settings.max_groups:
+        raise AuthenticationError(f"{what} names more than {settings.max_groups} groups")
+    return tuple(sorted({_clean_name(g, "a group name") for g in groups}))
 
 
 @dataclass(frozen=True)
@@ -27,6 +56,8 @@ class Principal:
 
 
 def principal_from_token(token: str, settings: Settings) -> Principal:
+    if len(token.encode()) > settings.max_token_bytes:
+        raise AuthenticationError(f"invalid bearer token (longer than {settings.max_token_bytes} bytes)")
     key = settings.jwt_key.get_secret_value()
     if not key:
         raise AuthenticationError("bearer tokens cannot be verified: ENCLAVE_JWT_KEY is not configured")
@@ -38,10 +69,11 @@ def principal_from_token(token: str, settings: Settings) -> Principal:
     groups = claims.get("groups", [])
     if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
         raise AuthenticationError("invalid bearer token (groups claim must be a list of strings)")
-    user = claims["sub"]
-    if not isinstance(user, str) or not user:
-        raise AuthenticationError("invalid bearer token (empty subject)")
-    return Principal(user=user, groups=tuple(sorted(set(groups))), via="jwt")
+    try:
+        user = _clean_name(claims["sub"], "the subject")
+        return Principal(user=user, groups=_clean_groups(groups, settings, "the groups claim"), via="jwt")
+    except AuthenticationError as exc:
+        raise AuthenticationError(f"invalid bearer token ({exc})") from None
 
 
 def principal_from_headers(authorization: str | None, user_header: str | None, groups_header: str | None,
@@ -52,8 +84,11 @@ def principal_from_headers(authorization: str | None, user_header: str | None, g
             raise AuthenticationError("the Authorization header must be 'Bearer <token>'")
         return principal_from_token(token.strip(), settings)
     if settings.trusted_header_mode and user_header:
-        groups = tuple(sorted({g.strip() for g in (groups_header or "").split(",") if g.strip()}))
-        return Principal(user=user_header.strip(), groups=groups, via="trusted-header")
+        if len(groups_header or "") > settings.max_groups * (MAX_NAME_CHARS + 1):
+            raise AuthenticationError(f"the {GROUPS_HEADER} header is too long")
+        names: list[object] = [g for g in (groups_header or "").split(",") if g.strip()]
+        return Principal(user=_clean_name(user_header, f"the {USER_HEADER} header"),
+                         groups=_clean_groups(names, settings, f"the {GROUPS_HEADER} header"), via="trusted-header")
     raise AuthenticationError("no verified identity: send 'Authorization: Bearer <token>'")
 
 

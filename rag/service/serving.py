@@ -58,18 +58,9 @@ def reveal(engine: QueryEngine, who: Principal, req: RevealRequest) -> RevealRes
     return RevealResponse(token=out.token, value=out.value, audit_id=out.audit_seq)
 
 
-def _question_of(req: ChatCompletionRequest) -> str:
-    for msg in reversed(req.messages):
-        if msg.role == "user" and msg.content:
-            if isinstance(msg.content, str):
-                return msg.content
-            return " ".join(str(part.get("text", "")) for part in msg.content if part.get("type") == "text")
-    raise ValueError("the chat request holds no user message")
-
-
 def chat(engine: QueryEngine, who: Principal, req: ChatCompletionRequest,
          request_id: str) -> tuple[dict[str, Any], AuditedAnswer]:
-    question = _question_of(req)
+    question = req.question()  # validated: present, non-empty, capped (protocol)
     out = engine.ask(question, user=who.user, groups=list(who.groups), kind="chat", request_id=request_id,
                      via=who.via)
     gen = out.answer.generation
