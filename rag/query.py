@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import threading
 import time
 import uuid
@@ -62,8 +63,10 @@ class QueryEngine:
         self.catalog = CatalogStore(settings.database_url)
         self.audit = AuditLog(settings.audit_database_url)
         self.policy: Policy = load_policy(settings.policy, settings.policies_dir)
+        threads = settings.query_threads or max(1, (os.cpu_count() or 1) // settings.service_workers)
         self.embedder = SentenceTransformerEmbedder(settings.embedding_model, settings.device,
-                                                    settings.embedding_batch_size, settings.embedding_precision)
+                                                    settings.embedding_batch_size, settings.embedding_precision,
+                                                    threads=threads)
         self.index = FaissIndex(settings.index_dir / "vectors", self.embedder.dimension, self.embedder.model_id,
                                 settings.exact_index_max, settings.device, search_threads=settings.search_threads)
         log.info("query engine uses %s", self.index.build.describe())

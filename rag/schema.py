@@ -110,9 +110,8 @@ def _grant_catalog_reads(engine: Engine, role: str) -> None:
         quoted = conn.dialect.identifier_preparer.quote(role)
         schema = conn.dialect.identifier_preparer.quote(conn.execute(text("SELECT current_schema()")).scalar_one())
         conn.execute(text(f"GRANT USAGE ON SCHEMA {schema} TO {quoted}"))
-        for table in Base.metadata.sorted_tables:
-            name = conn.dialect.identifier_preparer.quote(table.name)
-            conn.execute(text(f"GRANT SELECT ON {name} TO {quoted}"))
+        for name in [t.name for t in Base.metadata.sorted_tables] + [_CATALOG_VERSION_TABLE]:
+            conn.execute(text(f"GRANT SELECT ON {conn.dialect.identifier_preparer.quote(name)} TO {quoted}"))
 
 
 def require_current_schema(settings: Settings) -> None:

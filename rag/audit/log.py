@@ -174,7 +174,8 @@ class AuditLog:
         """Bring the audit schema to the newest revision (Alembic version table ``enclave_audit_version``).
 
         On PostgreSQL, ``app_role`` (the role the service connects as) gets SELECT and INSERT on the
-        audit table and loses UPDATE, DELETE and TRUNCATE, as PUBLIC does. Ignored on SQLite.
+        audit table and loses UPDATE, DELETE and TRUNCATE, as PUBLIC does; it may read the version
+        table, not write it. Ignored on SQLite.
         """
         with self._write() as conn, conn.begin():
             upgrade_schema(conn, _MIGRATIONS, self.url)
@@ -182,6 +183,8 @@ class AuditLog:
                 role = conn.dialect.identifier_preparer.quote(app_role)
                 conn.execute(text(f"REVOKE UPDATE, DELETE, TRUNCATE ON {TABLE_NAME} FROM PUBLIC, {role}"))
                 conn.execute(text(f"REVOKE ALL ON {VERSION_TABLE} FROM {role}"))
+                # reading the revision is how the service checks it was upgraded (rag.schema)
+                conn.execute(text(f"GRANT SELECT ON {VERSION_TABLE} TO {role}"))
                 conn.execute(text(f"GRANT SELECT, INSERT ON {TABLE_NAME} TO {role}"))
                 schema = conn.dialect.identifier_preparer.quote(
                     conn.execute(text("SELECT current_schema()")).scalar_one())
