@@ -364,7 +364,7 @@ class FaissIndex:
                 else self._faiss.SearchParametersHNSW(efSearch=ef)
         else:
             params = self._faiss.SearchParameters(sel=selector) if selector else None
-        if cacheable:
+        if cacheable and allowed_ids is not None:
             if len(self._selectors) >= _SELECTOR_CACHE:
                 self._selectors.pop(next(iter(self._selectors)))
             self._selectors[id(allowed_ids)] = (allowed_ids, params, selector)

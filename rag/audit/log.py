@@ -241,8 +241,8 @@ class AuditLog:
                     written.append((p, AuditRecord(seq=seq, record_hash=record_hash, id=0)))
                     prev_hash = record_hash
                 if rows:
-                    ids = conn.execute(audit_records.insert().returning(audit_records.c.id, sort_by_parameter_order=True),
-                                       rows).scalars().all()
+                    insert = audit_records.insert().returning(audit_records.c.id, sort_by_parameter_order=True)
+                    ids = conn.execute(insert, rows).scalars().all()
                     written = [(p, AuditRecord(r.seq, r.record_hash, int(i)))
                                for (p, r), i in zip(written, ids, strict=True)]
         except BaseException as exc:
