@@ -151,6 +151,24 @@ class SentenceTransformerEmbedder:
                                          convert_to_numpy=True, show_progress_bar=False)
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
+    def embed_query(self, text: str) -> np.ndarray:
+        """One question's normalised vector, shape (1, dim): the query side's hot path.
+
+        The same modules as :meth:`embed` (tokenizer, transformer, pooling, normalisation), called
+        directly: ``encode``'s batching, sorting and progress plumbing cost more than they save on
+        a single short text.
+        """
+        self.warm_up()
+        import torch
+
+        model = self._model
+        with torch.inference_mode(), self._autocast():
+            features = model.tokenize([text])
+            features = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in features.items()}
+            vector = model.forward(features)["sentence_embedding"]
+            vector = torch.nn.functional.normalize(vector.float(), p=2, dim=1)
+        return np.ascontiguousarray(vector.cpu().numpy(), dtype=np.float32)
+
     def embed_passages(self, texts: list[str]) -> np.ndarray:
         """Vectors for stored chunks: each embedded from its :func:`passage_view`."""
         return self.embed([passage_view(t) for t in texts])

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import threading
 import time
 import uuid
@@ -63,7 +62,7 @@ class QueryEngine:
         self.catalog = CatalogStore(settings.database_url)
         self.audit = AuditLog(settings.audit_database_url)
         self.policy: Policy = load_policy(settings.policy, settings.policies_dir)
-        threads = settings.query_threads or max(1, (os.cpu_count() or 1) // settings.service_workers)
+        threads = settings.query_threads or 1
         self.embedder = SentenceTransformerEmbedder(settings.embedding_model, settings.device,
                                                     settings.embedding_batch_size, settings.embedding_precision,
                                                     threads=threads)

@@ -148,7 +148,7 @@ class Retriever:
         dense: list[int] = []
         lexical: list[int] = []
         if mode in ("dense", "hybrid"):
-            qv = self.embedder.embed([redacted])
+            qv = self.embedder.embed_query(redacted)
             _, ids, version = self.index.search_versioned(qv, depth, allowed_ids=allowed)
             dense = [int(i) for i in ids[0] if i >= 0]
         if mode in ("bm25", "hybrid"):
