@@ -230,7 +230,8 @@ def running_service(env: dict[str, str], log_path: Path, workers: int = 1) -> It
     base_url = f"http://127.0.0.1:{port}"
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(  # noqa: S603  # fixed argv, our own command
-            [enclave_command(), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+            [enclave_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
+            + (["--workers", str(workers)] if workers != 1 else []),  # older services take no --workers
             env=env, stdout=log_file, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + STARTUP_TIMEOUT_S

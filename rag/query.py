@@ -66,6 +66,7 @@ class QueryEngine:
         self.embedder = SentenceTransformerEmbedder(settings.embedding_model, settings.device,
                                                     settings.embedding_batch_size, settings.embedding_precision,
                                                     threads=threads)
+        self.embedder.warm_up_query()  # the question path only: the service never embeds passages
         self.index = FaissIndex(settings.index_dir / "vectors", self.embedder.dimension, self.embedder.model_id,
                                 settings.exact_index_max, settings.device, search_threads=settings.search_threads)
         log.info("query engine uses %s", self.index.build.describe())
@@ -80,7 +81,7 @@ class QueryEngine:
 
     def warm_up(self) -> None:
         self.redactor.warm_up()
-        self.embedder.warm_up()
+        self.embedder.warm_up_query()
 
     @property
     def answerer(self) -> Answerer:
