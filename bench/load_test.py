@@ -1,6 +1,7 @@
 """Query-service load test: N concurrent clients for M seconds against `enclave serve` on loopback.
 
     python bench/load_test.py [--clients 8] [--seconds 20] [--runs 3] [--ask-share 0.1] [--json]
+                              [--workers 2] [--postgres ADMIN_URL] [--pad-chunks 100000]
 
 What it measures, per run and as the median over runs: throughput (successful requests per second
 over the timed window), p50 and p99 latency of successful requests as a client sees them, errors,
@@ -25,6 +26,13 @@ Checks, each run; any failure gives exit status 1:
 - audit: each 200 response's request_id is in exactly one of the records appended during the run,
   at the seq the response named (``audit_id``); no appended record is left unexplained; the whole
   chain verifies (``AuditLog.verify``, as ``enclave audit verify``).
+
+Options for the scale figures: ``--workers`` service processes share the port, catalog, audit chain
+and index files; ``--postgres`` puts the catalog and audit log in a fresh database on that server
+(ingested as its owner, ``enclave db upgrade --app-role``, then served as the app role);
+``--pad-chunks`` adds synthetic chunks (bench/pad_index.py) before the service starts. The CPU
+time the service processes used in each timed window, divided by the requests answered, is
+reported as CPU ms per request: less sensitive than throughput to other work on a shared machine.
 
 The load generator runs on the same machine as the service and takes some of its CPU.
 """
@@ -147,6 +155,7 @@ class Target:
     rules: dict[str, AccessRule]  # document uri -> who may see it, from the corpus
     unauthenticated: list[tuple[str, dict[str, str]]]  # (variant, headers) that must get 401
     log: AuditLog
+    pid: int = 0  # the service's main process (its workers are its children)
 
 
 @dataclass
@@ -168,6 +177,7 @@ class RunResult:
     unauth_401: int
     audit: AuditCheck
     error_kinds: dict[str, int] = field(default_factory=dict)
+    cpu_ms_per_request: float = 0.0  # CPU the service processes used in the window, per answered request
 
     @property
     def passed(self) -> bool:
@@ -214,13 +224,14 @@ def ingest(corpus: Path, env: dict[str, str], policy: str) -> float:
 
 
 @contextmanager
-def running_service(env: dict[str, str], log_path: Path) -> Iterator[str]:
-    """`enclave serve` on a free loopback port until /healthz answers; stopped on exit."""
+def running_service(env: dict[str, str], log_path: Path, workers: int = 1) -> Iterator[tuple[str, int]]:
+    """`enclave serve` on a free loopback port until /healthz answers; (base url, pid); stopped on exit."""
     port = free_loopback_port()
     base_url = f"http://127.0.0.1:{port}"
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(  # noqa: S603  # fixed argv, our own command
-            [enclave_command(), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [enclave_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
+            + (["--workers", str(workers)] if workers != 1 else []),  # older services take no --workers
             env=env, stdout=log_file, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -235,8 +246,8 @@ def running_service(env: dict[str, str], log_path: Path) -> Iterator[str]:
                     pass
                 if time.monotonic() > deadline:
                     raise SystemExit(f"enclave serve did not answer /healthz within {STARTUP_TIMEOUT_S:.0f} s")
-                time.sleep(0.25)
-            yield base_url
+                time.sleep(0.05)
+            yield base_url, proc.pid
         finally:
             proc.terminate()
             try:
@@ -244,6 +255,58 @@ def running_service(env: dict[str, str], log_path: Path) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+class PostgresDatabase:
+    """A fresh database on the server ``admin_url`` points at, and an app role to serve it as; dropped after."""
+
+    app_role = "enclave_load_app"
+
+    def __init__(self, admin_url: str) -> None:
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
+
+        self.name = f"enclave_load_{secrets.token_hex(5)}"
+        self.admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with self.admin.connect() as conn:
+            if conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": self.app_role}).first() is None:
+                conn.execute(text(f"CREATE ROLE {self.app_role} LOGIN"))
+            conn.execute(text(f'CREATE DATABASE "{self.name}"'))
+        url = make_url(admin_url).set(database=self.name)
+        self.owner_url = url.render_as_string(hide_password=False)
+        self.app_url = url.set(username=self.app_role, password=None).render_as_string(hide_password=False)
+
+    def drop(self) -> None:
+        from sqlalchemy import text
+
+        with self.admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+        self.admin.dispose()
+
+
+def upgrade_db(env: dict[str, str], app_role: str) -> None:
+    done = subprocess.run([enclave_command(), "db", "upgrade", "--app-role", app_role],  # noqa: S603  # fixed argv
+                          env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"enclave db upgrade failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its descendants (Linux /proc; 0 where unreadable)."""
+    if pid <= 0:
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
 
 
 # --- clients ------------------------------------------------------------------------------------
@@ -355,6 +418,7 @@ async def run_once(run: int, target: Target, args: argparse.Namespace) -> RunRes
                                          for _ in range(args.clients * args.warmup)))
         head_before = target.log.head().seq
         load_1m = os.getloadavg()[0]
+        cpu_before = process_tree_cpu_s(target.pid)
         started = time.perf_counter()
         warmup_s = started - warmup_started
         deadline = started + args.seconds
@@ -364,6 +428,7 @@ async def run_once(run: int, target: Target, args: argparse.Namespace) -> RunRes
                                             for _ in range(args.clients)))
         probed = await probing
         elapsed = time.perf_counter() - started
+        cpu_s = process_tree_cpu_s(target.pid) - cpu_before
     samples = [s for loop in per_client for s in loop]
     ok = [s for s in samples if s.error is None]
     # an answered request is audited even when the client then rejects it (an access violation)
@@ -382,6 +447,7 @@ async def run_once(run: int, target: Target, args: argparse.Namespace) -> RunRes
         unauth_sent=len(probed),
         unauth_401=sum(1 for p in probed if p.status == 401 and p.error_type == "unauthenticated"),
         audit=audit, error_kinds=dict(Counter(s.error for s in samples if s.error is not None)),
+        cpu_ms_per_request=1000.0 * cpu_s / max(1, len(samples) + len(probed)),
     )
 
 
@@ -407,9 +473,11 @@ def print_table(summary: dict[str, Any]) -> None:
           f"ask share {cfg['ask_share']:g}, {cfg['unauth']} unauthenticated probes per run")
     print(f"machine: {m['platform']}, {m['cpu_count']} CPUs, {m['memory_gib']} GiB, Python {m['python']}, "
           f"torch {m['torch']} (clients and service on the same machine)")
-    print(f"setup: ingest {summary['ingest_s']:.1f} s, service ready in {summary['startup_s']:.1f} s")
+    print(f"setup: ingest {summary['ingest_s']:.1f} s, service ready in {summary['startup_s']:.1f} s, "
+          f"{cfg['workers']} worker(s), catalog and audit on {cfg['database']}, {cfg['pad_chunks']} padding chunks")
     header = (f"{'run':>4} {'requests':>8} {'ok':>6} {'errors':>6} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} "
-              f"{'401/sent':>8} {'audited':>7} {'missing':>7} {'dup':>4} {'unexp':>5} {'chain':>6} {'load':>5}")
+              f"{'401/sent':>8} {'audited':>7} {'missing':>7} {'dup':>4} {'unexp':>5} {'chain':>6} {'load':>5} "
+              f"{'cpu ms/req':>10}")
     print(header)
     print("-" * len(header))
     for r in summary["runs"]:
@@ -418,10 +486,11 @@ def print_table(summary: dict[str, Any]) -> None:
         print(f"{r['run']:>4} {r['requests']:>8} {r['ok']:>6} {r['errors']:>6} {r['throughput_rps']:>7.1f} "
               f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['unauth_401']:>4}/{r['unauth_sent']:<3} "
               f"{a['appended']:>7} {a['missing']:>7} {a['duplicated']:>4} {a['unexpected']:>5} {chain:>6} "
-              f"{r['load_1m']:>5.1f}")
+              f"{r['load_1m']:>5.1f} {r['cpu_ms_per_request']:>10.1f}")
     med = summary["median"]
     print(f"{'med':>4} {'':>8} {'':>6} {'':>6} {med['throughput_rps']:>7.1f} {med['p50_ms']:>8.1f} "
-          f"{med['p99_ms']:>8.1f}")
+          f"{med['p99_ms']:>8.1f} {'':>8} {'':>7} {'':>7} {'':>4} {'':>5} {'':>6} {'':>5} "
+          f"{med['cpu_ms_per_request']:>10.1f}")
     print("answered with no documents (public-only users, or nothing matched): "
           + ", ".join(f"run {r['run']} {r['no_hits']}/{r['ok']}" for r in summary["runs"]))
     for r in summary["runs"]:
@@ -448,6 +517,10 @@ def main() -> int:
     ap.add_argument("--corpus", type=Path, default=SAMPLE_CORPUS)
     ap.add_argument("--policy", default="hipaa")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=1, help="service processes (enclave serve --workers)")
+    ap.add_argument("--postgres", default="", metavar="ADMIN_URL",
+                    help="catalog and audit log in a fresh database on this PostgreSQL server, served as an app role")
+    ap.add_argument("--pad-chunks", type=int, default=0, help="synthetic chunks added to the index before serving")
     ap.add_argument("--keep-home", action="store_true", help="keep the temporary ENCLAVE_HOME (prints its path)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     args = ap.parse_args()
@@ -456,19 +529,31 @@ def main() -> int:
 
     rules = {doc.uri: doc.access for doc in FileShareSource(args.corpus).scan() if doc.access is not None}
     home = Path(tempfile.mkdtemp(prefix="enclave-load-"))
+    database = PostgresDatabase(args.postgres) if args.postgres else None
     try:
         jwt_key = secrets.token_urlsafe(48)
         env = service_env(home, jwt_key, args.policy)
-        settings = Settings(home=home, jwt_key=SecretStr(jwt_key))
+        if database is not None:
+            env["ENCLAVE_DATABASE_URL"] = database.owner_url
+        settings = Settings(home=home, jwt_key=SecretStr(jwt_key), database_url=env.get("ENCLAVE_DATABASE_URL", ""))
         tokens = {u.name: issue_token(settings, u.name, list(u.groups), ttl_s=24 * 3600) for u in USERS}
         ingest_s = ingest(args.corpus, env, args.policy)
         print(f"ingested {args.corpus} in {ingest_s:.1f} s", file=sys.stderr)
+        if args.pad_chunks:
+            from pad_index import pad
+
+            print(f"padded with {args.pad_chunks} synthetic chunks in {pad(settings, args.pad_chunks):.1f} s",
+                  file=sys.stderr)
+        if database is not None:
+            # migrations as the owner, then the service connects as the app role
+            upgrade_db(env, database.app_role)
+            env["ENCLAVE_DATABASE_URL"] = database.app_url
         log = AuditLog(settings.audit_database_url)
         started = time.perf_counter()
-        with running_service(env, home / "serve.log") as base_url:
+        with running_service(env, home / "serve.log", args.workers) as (base_url, pid):
             startup_s = time.perf_counter() - started
             print(f"service ready at {base_url} in {startup_s:.1f} s", file=sys.stderr)
-            target = Target(base_url, tokens, rules, unauthenticated_headers(settings), log)
+            target = Target(base_url, tokens, rules, unauthenticated_headers(settings), log, pid)
             results = []
             for run in range(1, args.runs + 1):
                 result = asyncio.run(run_once(run, target, args))
@@ -477,6 +562,8 @@ def main() -> int:
                       file=sys.stderr)
         log.dispose()
     finally:
+        if database is not None:
+            database.drop()
         if args.keep_home:
             print(f"ENCLAVE_HOME kept at {home}", file=sys.stderr)
         else:
@@ -485,11 +572,13 @@ def main() -> int:
     summary = {
         "config": {"clients": args.clients, "seconds": args.seconds, "runs": args.runs, "ask_share": args.ask_share,
                    "warmup_per_client": args.warmup, "unauth": args.unauth, "corpus": str(args.corpus),
-                   "policy": args.policy, "users": len(USERS), "questions": len(QUESTIONS)},
+                   "policy": args.policy, "users": len(USERS), "questions": len(QUESTIONS),
+                   "workers": args.workers, "database": "postgresql" if args.postgres else "sqlite",
+                   "pad_chunks": args.pad_chunks},
         "machine": machine_info(), "ingest_s": ingest_s, "startup_s": startup_s,
         "runs": [{**asdict(r), "passed": r.passed} for r in results],
         "median": {key: statistics.median(getattr(r, key) for r in results)
-                   for key in ("throughput_rps", "p50_ms", "p99_ms")},
+                   for key in ("throughput_rps", "p50_ms", "p99_ms", "cpu_ms_per_request")},
         "passed": all(r.passed for r in results),
     }
     if args.json:

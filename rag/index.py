@@ -87,6 +87,17 @@ def faiss_build() -> FaissBuild:
     return FaissBuild(kind, str(module.__version__), f"{name} {dist_version}")
 
 TOMBSTONE_REBUILD_FRACTION = 0.25
+_LOAD_ATTEMPTS = 5
+_SELECTOR_CACHE = 256
+_NOTHING_ALLOWED: Any = object()
+
+
+def _version_of(manifest: dict[str, Any] | None) -> str:
+    if manifest is None:
+        return "empty"
+    return f"gen-{manifest['generation']}:{manifest['index_sha256'][:16]}"
+
+
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
@@ -128,6 +139,12 @@ class FaissIndex:
         self._tombstones: set[int] = set()
         self._gpu_index: Any = None
         self._lock = threading.RLock()
+        self._refreshing = threading.Lock()
+        self._loaded_version = "empty"
+        # Search parameters (with their IDSelector) per allowed-id array: building a selector
+        # hashes every allowed id (64 ms at 1M ids, bench/RESULTS.md), the array is the same
+        # object for every request of one group set until access changes (rag.retrieval.AccessMap).
+        self._selectors: dict[int, tuple[np.ndarray, Any, Any]] = {}
         self.load()
 
     # --- construction ---------------------------------------------------------------------------
@@ -148,19 +165,59 @@ class FaissIndex:
     # --- persistence ----------------------------------------------------------------------------
 
     def load(self) -> None:
-        manifest = self._generations.manifest()
-        if manifest is None:
+        """Put the generation in force into memory (a no-op when none is published yet).
+
+        Safe while other threads search: the new index is read first, then swapped in under the
+        lock. A generation removed by a newer publish between reading the manifest and reading its
+        files is not an error: the newer one is read instead.
+        """
+        for _ in range(_LOAD_ATTEMPTS):
+            manifest = self._generations.manifest()
+            if manifest is None:
+                return
+            if manifest["model_id"] != self.model_id or manifest["dim"] != self.dim:
+                # Another embedding model built this index: start empty, reconcile rebuilds it.
+                return
+            gen_dir = self._generations.path(manifest)
+            try:
+                index = self._faiss.read_index(str(gen_dir / "index.faiss"))
+                tomb = np.load(gen_dir / "tombstones.npy") if (gen_dir / "tombstones.npy").exists() \
+                    else np.zeros(0)
+            except (FileNotFoundError, RuntimeError):
+                if self._generations.manifest() == manifest:
+                    raise  # still in force and unreadable: a real fault, not a switch
+                continue
+            with self._lock:
+                self._index, self.kind, self.generation = index, manifest["kind"], int(manifest["generation"])
+                self._tombstones = {int(x) for x in tomb}
+                self._gpu_index = None
+                self._loaded_version = _version_of(manifest)
+                self._selectors.clear()
             return
-        if manifest["model_id"] != self.model_id or manifest["dim"] != self.dim:
-            # Another embedding model built this index: start empty, reconcile rebuilds it.
-            return
-        gen_dir = self._generations.path(manifest)
-        index = self._faiss.read_index(str(gen_dir / "index.faiss"))
-        tomb = np.load(gen_dir / "tombstones.npy") if (gen_dir / "tombstones.npy").exists() else np.zeros(0)
-        with self._lock:
-            self._index, self.kind, self.generation = index, manifest["kind"], int(manifest["generation"])
-            self._tombstones = {int(x) for x in tomb}
-            self._gpu_index = None
+        raise IndexIntegrityError(f"the index in {self.directory} changed {_LOAD_ATTEMPTS} times while loading")
+
+    def refresh(self) -> bool:
+        """Load the published generation if it is not the one in memory; True if one was loaded.
+
+        One caller loads while the others go on searching the generation in memory, so a request
+        never waits for, or fails on, a switch.
+        """
+        if self.version == self._loaded_version:
+            return False
+        if not self._refreshing.acquire(blocking=False):
+            return False
+        try:
+            if self.version == self._loaded_version:
+                return False
+            self.load()
+            return True
+        finally:
+            self._refreshing.release()
+
+    @property
+    def loaded_version(self) -> str:
+        """The version (as :attr:`version` names it) of the generation searches use now."""
+        return self._loaded_version
 
     def save(self) -> None:
         with self._lock:
@@ -175,15 +232,14 @@ class FaissIndex:
                         "vectors": int(self._index.ntotal), "tombstones": len(tomb),
                         "index_sha256": hashlib.sha256(data).hexdigest()}
 
-            self.generation = int(self._generations.publish(write)["generation"])
+            manifest = self._generations.publish(write)
+            self.generation = int(manifest["generation"])
+            self._loaded_version = _version_of(manifest)
 
     @property
     def version(self) -> str:
         """What an audit record names: generation and content hash of the manifest in force."""
-        manifest = self._generations.manifest()
-        if manifest is None:
-            return "empty"
-        return f"gen-{manifest['generation']}:{manifest['index_sha256'][:16]}"
+        return _version_of(self._generations.manifest())
 
     # --- contents -------------------------------------------------------------------------------
 
@@ -237,6 +293,7 @@ class FaissIndex:
                         raise IndexIntegrityError(f"chunk ids {revived[:5]} were reused; catalog ids must be unique")
                     self._index.add_with_ids(fetch(ids), ids)
             self._gpu_index = None
+            self._selectors.clear()
             changed = rebuild or len(to_add) > 0 or len(to_remove) > 0
             if changed or self._generations.manifest() is None:
                 self.save()
@@ -255,35 +312,67 @@ class FaissIndex:
     def search(self, queries: np.ndarray, k: int,
                allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, ids) per query, over ``allowed_ids`` only when given (filter before ranking)."""
+        scores, ids, _ = self.search_versioned(queries, k, allowed_ids)
+        return scores, ids
+
+    def search_versioned(self, queries: np.ndarray, k: int,
+                         allowed_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+        """As :meth:`search`, with the version of the generation that answered (what the audit names)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         if self.search_threads is not None:
             self._faiss.omp_set_num_threads(self.search_threads)
         with self._lock:
+            version = self._loaded_version
+            empty = (np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64), version)
             if self._index.ntotal == 0 or k <= 0:
-                return (np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64))
-            if allowed_ids is not None:
-                allowed = np.asarray(allowed_ids, dtype=np.int64)
-                if self._tombstones:
-                    allowed = np.setdiff1d(allowed, np.fromiter(self._tombstones, dtype=np.int64))
-                if len(allowed) == 0:
-                    return (np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64))
-                selector: Any = self._faiss.IDSelectorBatch(allowed)
-            elif self._tombstones:
-                dead = np.fromiter(self._tombstones, dtype=np.int64)
-                selector = self._faiss.IDSelectorNot(self._faiss.IDSelectorBatch(dead))
-            else:
-                selector = None
+                return empty
             k = min(k, int(self._index.ntotal))
             if self._use_gpu():
-                return self._search_gpu(queries, k, allowed_ids)
-            params: Any
-            if self.kind == "hnsw":
-                params = self._faiss.SearchParametersHNSW(sel=selector, efSearch=max(HNSW_EF_SEARCH, k)) \
-                    if selector else self._faiss.SearchParametersHNSW(efSearch=max(HNSW_EF_SEARCH, k))
-            else:
-                params = self._faiss.SearchParameters(sel=selector) if selector else None
+                return (*self._search_gpu(queries, k, allowed_ids), version)
+            params, selector = self._params(allowed_ids, k)
+            if params is _NOTHING_ALLOWED:
+                return empty
             scores, ids = self._index.search(queries, k, params=params)
-            return scores, ids
+            del selector  # held until faiss is done with it
+            return scores, ids, version
+
+    def _params(self, allowed_ids: np.ndarray | None, k: int) -> tuple[Any, Any]:
+        """(search parameters, the selector they point at) for ``allowed_ids`` minus tombstones.
+
+        The selector is returned so the caller holds it while faiss uses it (the C++ parameters
+        keep only a pointer). Cached per allowed array, for the k that every request of the query
+        side uses (k up to ``HNSW_EF_SEARCH``, so the HNSW efSearch is the same).
+        """
+        cacheable = allowed_ids is not None and k <= HNSW_EF_SEARCH
+        if cacheable:
+            cached = self._selectors.get(id(allowed_ids))
+            if cached is not None and cached[0] is allowed_ids:
+                return cached[1], cached[2]
+        selector: Any
+        if allowed_ids is not None:
+            allowed = np.asarray(allowed_ids, dtype=np.int64)
+            if self._tombstones:
+                allowed = np.setdiff1d(allowed, np.fromiter(self._tombstones, dtype=np.int64))
+            selector = self._faiss.IDSelectorBatch(allowed) if len(allowed) else None
+        elif self._tombstones:
+            dead = np.fromiter(self._tombstones, dtype=np.int64)
+            selector = self._faiss.IDSelectorNot(self._faiss.IDSelectorBatch(dead))
+        else:
+            selector = None
+        params: Any
+        if allowed_ids is not None and selector is None:
+            params = _NOTHING_ALLOWED
+        elif self.kind == "hnsw":
+            ef = max(HNSW_EF_SEARCH, k)
+            params = self._faiss.SearchParametersHNSW(sel=selector, efSearch=ef) if selector \
+                else self._faiss.SearchParametersHNSW(efSearch=ef)
+        else:
+            params = self._faiss.SearchParameters(sel=selector) if selector else None
+        if cacheable and allowed_ids is not None:
+            if len(self._selectors) >= _SELECTOR_CACHE:
+                self._selectors.pop(next(iter(self._selectors)))
+            self._selectors[id(allowed_ids)] = (allowed_ids, params, selector)
+        return params, selector
 
     def _search_gpu(self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """GPU indexes take no selectors: search wider and filter, widening until k survive."""

@@ -22,6 +22,8 @@ from rag.generations import GenerationDirectory
 from rag.redaction import PLACEHOLDER
 
 _STEMMER = Stemmer.Stemmer("english")
+_LOAD_ATTEMPTS = 5
+_MASK_CACHE = 64
 # Redaction placeholders (<PERSON>, <PERSON:1a2b3c4d>) are not words of the document: indexed as
 # terms, every redacted question would match every redacted chunk. PLACEHOLDER is redaction's own
 # pattern of what it writes.
@@ -41,15 +43,36 @@ class Bm25Index:
         self._ids = np.zeros(0, dtype=np.int64)
         self._digest = ""
         self._loaded_path = ""
+        self._masks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _load(self) -> None:
-        manifest = self._generations.manifest()
-        if manifest is None or manifest["path"] == self._loaded_path:
+        for _ in range(_LOAD_ATTEMPTS):
+            manifest = self._generations.manifest()
+            if manifest is None or manifest["path"] == self._loaded_path:
+                return
+            gen = self._generations.path(manifest)
+            try:
+                ids = np.load(gen / "ids.npy")
+                model = bm25s.BM25.load(str(gen / "bm25"), mmap=False) if len(ids) else None
+            except FileNotFoundError:
+                # removed by a newer publish after the manifest was read: read the newer one
+                if self._generations.manifest() == manifest:
+                    raise
+                continue
+            self._model, self._ids, self._digest, self._loaded_path = model, ids, manifest["digest"], manifest["path"]
+            self._masks.clear()
             return
-        gen = self._generations.path(manifest)
-        ids = np.load(gen / "ids.npy")
-        model = bm25s.BM25.load(str(gen / "bm25"), mmap=False) if len(ids) else None
-        self._model, self._ids, self._digest, self._loaded_path = model, ids, manifest["digest"], manifest["path"]
+
+    def _mask(self, allowed_ids: np.ndarray) -> np.ndarray:
+        """The weight mask of ``allowed_ids``, cached per array (the same object per group set and access epoch)."""
+        cached = self._masks.get(id(allowed_ids))
+        if cached is not None and cached[0] is allowed_ids:
+            return cached[1]
+        mask = np.isin(self._ids, np.asarray(allowed_ids, dtype=np.int64)).astype(np.float32)
+        if len(self._masks) >= _MASK_CACHE:
+            self._masks.pop(next(iter(self._masks)))
+        self._masks[id(allowed_ids)] = (allowed_ids, mask)
+        return mask
 
     def sync(self, catalog: Any, ids: np.ndarray) -> int:
         """Rebuild from the catalog's texts of ``ids`` unless the saved index already holds exactly them."""
@@ -88,7 +111,7 @@ class Bm25Index:
                 return []
             mask = None
             if allowed_ids is not None:
-                mask = np.isin(self._ids, np.asarray(allowed_ids, dtype=np.int64)).astype(np.float32)
+                mask = self._mask(allowed_ids)
                 if not mask.any():
                     return []
             tokens = [t for t in _tokenize([query], as_strings=True)[0] if t in self._model.vocab_dict]

@@ -38,6 +38,7 @@ from rag.plugins import distribution_of
 from rag.policy import Policy, load_policy
 from rag.redaction import PresidioRedactor
 from rag.retrieval import CrossEncoderReranker, Hit, Mode, Retriever, SearchResult
+from rag.schema import ensure_schema
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,17 @@ class QueryEngine:
     def __init__(self, settings: Settings, *, generator: Generator | None = None) -> None:
         settings.require_secrets()  # questions are redacted and hashed under the tenant key
         self.settings = settings
+        # Schemas are upgraded by `enclave db upgrade` (as their owner), not here: the service runs as
+        # the app role. Only embedded SQLite homes, which have no roles, are upgraded in place.
+        ensure_schema(settings)
         self.catalog = CatalogStore(settings.database_url)
-        self.catalog.migrate()
         self.audit = AuditLog(settings.audit_database_url)
-        self.audit.migrate(app_role=settings.audit_app_role or None)
         self.policy: Policy = load_policy(settings.policy, settings.policies_dir)
+        threads = settings.query_threads or 1
         self.embedder = SentenceTransformerEmbedder(settings.embedding_model, settings.device,
-                                                    settings.embedding_batch_size, settings.embedding_precision)
+                                                    settings.embedding_batch_size, settings.embedding_precision,
+                                                    threads=threads)
+        self.embedder.warm_up_query()  # the question path only: the service never embeds passages
         self.index = FaissIndex(settings.index_dir / "vectors", self.embedder.dimension, self.embedder.model_id,
                                 settings.exact_index_max, settings.device, search_threads=settings.search_threads)
         log.info("query engine uses %s", self.index.build.describe())
@@ -83,7 +88,7 @@ class QueryEngine:
 
     def warm_up(self) -> None:
         self.redactor.warm_up()
-        self.embedder.warm_up()
+        self.embedder.warm_up_query()
 
     @property
     def answerer(self) -> Answerer:
@@ -137,7 +142,9 @@ class QueryEngine:
             question_hash=self.question_hash(question, result.question if result is not None else None),
             chunks=tuple(RetrievedChunkRecord(h.chunk_id, h.document_id, h.document_version, h.content_hash,
                                               float(h.score), h.chunk_id in shown) for h in hits),
-            policy_name=self.policy.name, policy_hash=self.policy.content_hash, index_version=self.index.version,
+            policy_name=self.policy.name, policy_hash=self.policy.content_hash,
+            index_version=result.index_version if result is not None and result.index_version
+            else self.index.loaded_version,
             embedding_model=self.embedder.model_name, embedding_model_hash=self.embedder.weights_sha256,
             outcome=outcome, error_type=error_type,
             latency_ms=(time.perf_counter() - started) * 1000.0, **llm)

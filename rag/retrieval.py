@@ -7,11 +7,18 @@
 The access filter is applied before ranking, inside both searches, so a chunk the user may not
 see never competes for a place. Hits are then checked once more against the catalog's current
 access rule, so a rule revoked a moment ago is honoured even before caches refresh.
+
+Per-request fixed costs are kept off the path: the allowed ids of a group set are one array per
+access epoch (so the FAISS selector and the BM25 mask built from it are cached with it), the
+catalog's access epoch is asked at most every ``ACCESS_EPOCH_TTL_S`` (new grants show within that
+time; revocations at once, through the re-check above), and a newly published index generation is
+loaded by one request while the others go on searching the previous one.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -23,6 +30,8 @@ from rag.catalog.store import CatalogStore, ChunkView
 
 Mode = Literal["dense", "bm25", "hybrid"]
 RRF_K = 60
+ACCESS_EPOCH_TTL_S = 1.0
+_ALLOWED_CACHE = 1024
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,7 @@ class SearchResult:
     hits: tuple[Hit, ...]
     mode: Mode
     candidates: int  # chunks the user may see
+    index_version: str = ""  # the vector index generation searched (what the audit record names)
 
 
 def rrf(rankings: Iterable[list[int]], k: int = RRF_K) -> dict[int, float]:
@@ -55,18 +65,33 @@ def rrf(rankings: Iterable[list[int]], k: int = RRF_K) -> dict[int, float]:
 
 
 class AccessMap:
-    """Which chunk ids each group may see; rebuilt when the catalog's documents change."""
+    """Which chunk ids each group may see; rebuilt when the catalog's documents change.
 
-    def __init__(self, catalog: CatalogStore) -> None:
+    :meth:`allowed` returns the same read-only array for the same group set until the epoch
+    changes, so whatever is derived from it (FAISS selector, BM25 mask) can be cached by identity.
+    """
+
+    def __init__(self, catalog: CatalogStore, epoch_ttl_s: float = ACCESS_EPOCH_TTL_S) -> None:
         self.catalog = catalog
+        self.epoch_ttl_s = epoch_ttl_s
         self._lock = threading.Lock()
         self._epoch: tuple[Any, ...] | None = None
+        self._epoch_checked = -float("inf")
         self._public = np.zeros(0, dtype=np.int64)
         self._by_group: dict[str, np.ndarray] = {}
+        self._allowed: dict[frozenset[str], np.ndarray] = {}
+
+    def _current_epoch(self) -> tuple[Any, ...] | None:
+        now = time.monotonic()
+        if self._epoch is None or now - self._epoch_checked >= self.epoch_ttl_s:
+            self._epoch_checked = now
+            return self.catalog.access_epoch()
+        return self._epoch
 
     def allowed(self, groups: Iterable[str]) -> np.ndarray:
+        key = frozenset(groups)
         with self._lock:
-            epoch = self.catalog.access_epoch()
+            epoch = self._current_epoch()
             if epoch != self._epoch:
                 public: list[int] = []
                 by_group: dict[str, list[int]] = {}
@@ -78,9 +103,18 @@ class AccessMap:
                         by_group.setdefault(g, []).append(cid)
                 self._public = np.array(public, dtype=np.int64)
                 self._by_group = {g: np.array(ids, dtype=np.int64) for g, ids in by_group.items()}
+                self._allowed = {}
                 self._epoch = epoch
-            parts = [self._public] + [self._by_group[g] for g in set(groups) if g in self._by_group]
-        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+            found = self._allowed.get(key)
+            if found is not None:
+                return found
+            parts = [self._public] + [self._by_group[g] for g in key if g in self._by_group]
+            ids = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+            ids.flags.writeable = False
+            if len(self._allowed) >= _ALLOWED_CACHE:
+                self._allowed.pop(next(iter(self._allowed)))
+            self._allowed[key] = ids
+            return ids
 
 
 class Retriever:
@@ -93,13 +127,10 @@ class Retriever:
         self.redactor = redactor
         self.reranker = reranker
         self.access = AccessMap(catalog)
-        self._index_version = index.version
 
-    def _refresh_index(self) -> None:
-        version = self.index.version
-        if version != self._index_version:
-            self.index.load()
-            self._index_version = version
+    def refresh(self) -> None:
+        """Follow a newly published index generation (the BM25 index follows its own on search)."""
+        self.index.refresh()
 
     def redact_question(self, question: str) -> str:
         return str(self.redactor.redact(question, self.redactor.detect(question)).text)
@@ -108,16 +139,17 @@ class Retriever:
                depth: int | None = None) -> SearchResult:
         groups = list(groups)
         redacted = self.redact_question(question)
-        self._refresh_index()
+        self.refresh()
         allowed = self.access.allowed(groups)
+        version = self.index.loaded_version
         if len(allowed) == 0:
-            return SearchResult(redacted, (), mode, 0)
+            return SearchResult(redacted, (), mode, 0, version)
         depth = depth or max(4 * k, 50)
         dense: list[int] = []
         lexical: list[int] = []
         if mode in ("dense", "hybrid"):
-            qv = self.embedder.embed([redacted])
-            _, ids = self.index.search(qv, depth, allowed_ids=allowed)
+            qv = self.embedder.embed_query(redacted)
+            _, ids, version = self.index.search_versioned(qv, depth, allowed_ids=allowed)
             dense = [int(i) for i in ids[0] if i >= 0]
         if mode in ("bm25", "hybrid"):
             lexical = [cid for cid, _ in self.lexical.search(redacted, depth, allowed_ids=allowed)]
@@ -138,7 +170,7 @@ class Retriever:
         dense_rank = {c: r for r, c in enumerate(dense)}
         lexical_rank = {c: r for r, c in enumerate(lexical)}
         hits = tuple(self._hit(views[c], scores[c], dense_rank.get(c), lexical_rank.get(c)) for c in admitted[:k])
-        return SearchResult(redacted, hits, mode, int(len(allowed)))
+        return SearchResult(redacted, hits, mode, int(len(allowed)), version)
 
     @staticmethod
     def _hit(v: ChunkView, score: float, dr: int | None, lr: int | None) -> Hit:

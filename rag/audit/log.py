@@ -10,8 +10,15 @@ of :mod:`rag.audit.records`. The indexed columns are copies for querying; :meth:
 checks they agree with the content.
 
 *Appends* are serialised so the chain never forks: on PostgreSQL with a transaction-level advisory
-lock (``pg_advisory_xact_lock``), on SQLite with ``BEGIN IMMEDIATE`` (WAL, ``synchronous=FULL``).
-A unique constraint on ``seq`` is the last line of defence. ``append`` returns after commit.
+lock (``pg_advisory_xact_lock``), on SQLite with ``BEGIN IMMEDIATE`` (WAL, ``synchronous=FULL``),
+so several service processes on one host share one chain. A unique constraint on ``seq`` is the last
+line of defence. ``append`` returns after commit.
+
+*Group commit.* Within a process, appends that arrive while a commit is under way wait for it, and
+the next of them writes all waiting records in one transaction (one lock, one head read, one
+commit and fsync): under load each fsync carries many records, while each caller still returns only
+once its own record is committed and chained. A record that cannot be built fails alone; a failed
+transaction fails every record in it, and each of their callers gets the error.
 
 *Append-only.* Triggers refuse UPDATE and DELETE (and TRUNCATE on PostgreSQL) even for the owner;
 on PostgreSQL ``migrate(app_role=...)`` also revokes UPDATE, DELETE and TRUNCATE from PUBLIC and
@@ -30,6 +37,7 @@ somewhere the database's writers cannot reach and pass it as ``verify(anchor=...
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Generator, Iterator
 from contextlib import closing
 from datetime import UTC, datetime
@@ -128,6 +136,18 @@ def _columns_problem(rec: StoredAuditRecord) -> str | None:
     return None
 
 
+class _Pending:
+    """One caller's entry waiting in a group commit, and what became of it."""
+
+    __slots__ = ("done", "entry", "error", "record")
+
+    def __init__(self, entry: AuditEntry) -> None:
+        self.entry = entry
+        self.record: AuditRecord | None = None
+        self.error: Exception | None = None
+        self.done = False
+
+
 class AuditLog:
     """The append-only, hash-chained audit log in a SQLite or PostgreSQL database."""
 
@@ -138,6 +158,9 @@ class AuditLog:
             raise ConfigurationError(f"audit log needs a sqlite or postgresql URL, not a {backend} one")
         self.engine = make_engine(url)
         self.backend = backend
+        self._group = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._writing = False
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -151,7 +174,8 @@ class AuditLog:
         """Bring the audit schema to the newest revision (Alembic version table ``enclave_audit_version``).
 
         On PostgreSQL, ``app_role`` (the role the service connects as) gets SELECT and INSERT on the
-        audit table and loses UPDATE, DELETE and TRUNCATE, as PUBLIC does. Ignored on SQLite.
+        audit table and loses UPDATE, DELETE and TRUNCATE, as PUBLIC does; it may read the version
+        table, not write it. Ignored on SQLite.
         """
         with self._write() as conn, conn.begin():
             upgrade_schema(conn, _MIGRATIONS, self.url)
@@ -159,6 +183,8 @@ class AuditLog:
                 role = conn.dialect.identifier_preparer.quote(app_role)
                 conn.execute(text(f"REVOKE UPDATE, DELETE, TRUNCATE ON {TABLE_NAME} FROM PUBLIC, {role}"))
                 conn.execute(text(f"REVOKE ALL ON {VERSION_TABLE} FROM {role}"))
+                # reading the revision is how the service checks it was upgraded (rag.schema)
+                conn.execute(text(f"GRANT SELECT ON {VERSION_TABLE} TO {role}"))
                 conn.execute(text(f"GRANT SELECT, INSERT ON {TABLE_NAME} TO {role}"))
                 schema = conn.dialect.identifier_preparer.quote(
                     conn.execute(text("SELECT current_schema()")).scalar_one())
@@ -167,19 +193,68 @@ class AuditLog:
                 conn.execute(text(f"GRANT USAGE, SELECT ON SEQUENCE {sequence} TO {role}"))
 
     def append(self, entry: AuditEntry) -> AuditRecord:
-        """Chain one record onto the head and commit it; durable when this returns."""
-        with self._write() as conn, conn.begin():
-            if self.backend == "postgresql":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_APPEND_LOCK})
-            head = conn.execute(select(audit_records.c.seq, audit_records.c.record_hash)
-                                .order_by(audit_records.c.seq.desc()).limit(1)).first()
-            seq, prev_hash = (1, GENESIS_HASH) if head is None else (head.seq + 1, head.record_hash)
-            content = build_content(entry, seq, prev_hash)
-            record_hash = hashlib.sha256(content.encode("utf-8")).hexdigest()
-            row_id = conn.execute(audit_records.insert().values(
-                seq=seq, ts=entry.ts, user_id=entry.user, kind=entry.kind, prev_hash=prev_hash,
-                record_hash=record_hash, content=content).returning(audit_records.c.id)).scalar_one()
-        return AuditRecord(seq=seq, record_hash=record_hash, id=row_id)
+        """Chain one record onto the head and commit it; durable when this returns.
+
+        Concurrent callers share a transaction (group commit); see the module docstring.
+        """
+        pending = _Pending(entry)
+        with self._group:
+            self._queue.append(pending)
+            while not pending.done and self._writing:
+                self._group.wait()
+            if not pending.done:  # no commit under way: this caller writes everything waiting
+                self._writing = True
+                batch, self._queue = self._queue, []
+        if not pending.done:
+            try:
+                self._commit(batch)
+            finally:
+                with self._group:
+                    self._writing = False
+                    self._group.notify_all()
+        if pending.error is not None:
+            raise pending.error
+        assert pending.record is not None
+        return pending.record
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        """Write ``batch`` in one transaction, in order, and mark each entry done (record or error)."""
+        written: list[tuple[_Pending, AuditRecord]] = []
+        try:
+            with self._write() as conn, conn.begin():
+                if self.backend == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_APPEND_LOCK})
+                head = conn.execute(select(audit_records.c.seq, audit_records.c.record_hash)
+                                    .order_by(audit_records.c.seq.desc()).limit(1)).first()
+                seq, prev_hash = (0, GENESIS_HASH) if head is None else (head.seq, head.record_hash)
+                rows: list[dict[str, Any]] = []
+                for p in batch:
+                    try:
+                        content = build_content(p.entry, seq + 1, prev_hash)
+                    except Exception as exc:  # noqa: BLE001  # this entry fails alone; its caller gets the error
+                        p.error = exc
+                        continue
+                    seq += 1
+                    record_hash = hashlib.sha256(content.encode("utf-8")).hexdigest()
+                    rows.append({"seq": seq, "ts": p.entry.ts, "user_id": p.entry.user, "kind": p.entry.kind,
+                                 "prev_hash": prev_hash, "record_hash": record_hash, "content": content})
+                    written.append((p, AuditRecord(seq=seq, record_hash=record_hash, id=0)))
+                    prev_hash = record_hash
+                if rows:
+                    insert = audit_records.insert().returning(audit_records.c.id, sort_by_parameter_order=True)
+                    ids = conn.execute(insert, rows).scalars().all()
+                    written = [(p, AuditRecord(r.seq, r.record_hash, int(i)))
+                               for (p, r), i in zip(written, ids, strict=True)]
+        except BaseException as exc:
+            for p in batch:
+                if p.error is None:
+                    p.error = exc if isinstance(exc, Exception) else RuntimeError("audit append interrupted")
+                p.done = True
+            raise
+        for p, record in written:
+            p.record = record
+        for p in batch:
+            p.done = True
 
     def head(self) -> ChainHead:
         """The newest record's seq and hash (seq 0 and the genesis hash for an empty log)."""

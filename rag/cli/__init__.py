@@ -7,6 +7,7 @@
     erase [verify], hold      rag.cli.lifecycle erasure with a receipt, legal holds,
     retention apply, reveal                     retention rules applied, audited re-identification
     compliance report                           records of processing, audit evidence
+    db upgrade|status         rag.cli.db       schema migrations, run as the schema owner
 
 Every command is a thin shell over the library; an :class:`~rag.errors.EnclaveError` ends the
 command with its message and exit status 2.
@@ -19,6 +20,7 @@ import sys
 import click
 
 from rag.cli.audit import audit
+from rag.cli.db import db
 from rag.cli.eval import eval_group
 from rag.cli.ingest import chunks, ingest, status
 from rag.cli.lifecycle import compliance, erase, hold, retention, reveal
@@ -40,7 +42,7 @@ def main(ctx: click.Context) -> None:
         secure_home(settings)  # the home 0700, what it holds 0600
 
 
-for _command in (ingest, status, chunks, search, ask, serve, audit, eval_group, erase, hold,
+for _command in (ingest, status, chunks, search, ask, serve, audit, eval_group, db, erase, hold,
                  retention, reveal, compliance):
     main.add_command(_command)
 

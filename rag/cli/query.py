@@ -80,10 +80,23 @@ def ask(question: str, user: str, groups: tuple[str, ...], k: int, purpose: str 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True)
-def serve(host: str, port: int) -> None:
+@click.option("--workers", default=None, type=click.IntRange(min=1),
+              help="Service processes sharing the port, catalog, audit chain and index files "
+                   "[default: ENCLAVE_SERVICE_WORKERS].")
+def serve(host: str, port: int, workers: int | None) -> None:
     """Run the HTTP query service (OpenAPI docs at /docs)."""
     import uvicorn
 
-    from rag.service.app import create_app
+    from rag.schema import ensure_schema
 
-    uvicorn.run(create_app(load_settings()), host=host, port=port, log_level="info")
+    settings = load_settings()
+    ensure_schema(settings)  # once, before any worker starts (embedded homes only; checked elsewhere)
+    workers = workers or settings.service_workers
+    if workers == 1:
+        from rag.service.app import create_app
+
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+        return
+    # Each worker process builds its own app (and engine) from the same ENCLAVE_* environment.
+    uvicorn.run("rag.service.app:create_app", factory=True, host=host, port=port, workers=workers,
+                log_level="info", access_log=False)
