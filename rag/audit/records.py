@@ -31,11 +31,18 @@ from rag.errors import AuditIntegrityError
 GENESIS_HASH = "0" * 64
 # 2 added authenticated_via (how the caller's identity was verified) and llm_distribution (which
 # installed distribution provided the generator). Records keep the version they were written in.
-RECORD_FORMAT_VERSION = 2
+# 3 (issue 13, streamed chat) added stage, prompt_seq and turns_used: a streamed answer is two
+# records of the chain, "prompt" (what the model was shown, committed before the first byte
+# leaves, outcome "pending") and "answer" (the answer or the failure, naming the prompt record's
+# seq); a whole-answer request stays one "complete" record. turns_used counts the earlier user
+# turns of a conversation that shaped retrieval (they are in question_redacted, redacted).
+RECORD_FORMAT_VERSION = 3
 _ADDED_IN_V2 = ("authenticated_via", "llm_distribution")
+_ADDED_IN_V3 = ("stage", "prompt_seq", "turns_used")
 
 Kind = Literal["search", "ask", "chat"]
-Outcome = Literal["ok", "no_results", "invalid_answer", "error", "timeout"]
+Outcome = Literal["ok", "no_results", "invalid_answer", "error", "timeout", "pending"]
+Stage = Literal["complete", "prompt", "answer"]
 SamplingValue = str | int | float | bool | None
 
 
@@ -127,6 +134,9 @@ class AuditEntry:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     error_type: str | None = None
+    stage: Stage = "complete"
+    prompt_seq: int | None = None
+    turns_used: int = 0
     ts: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def __post_init__(self) -> None:
@@ -134,6 +144,10 @@ class AuditEntry:
             raise ValueError(f"audit kind must be one of {get_args(Kind)}, not {self.kind!r}")
         if self.outcome not in get_args(Outcome):
             raise ValueError(f"audit outcome must be one of {get_args(Outcome)}, not {self.outcome!r}")
+        if self.stage not in get_args(Stage):
+            raise ValueError(f"audit stage must be one of {get_args(Stage)}, not {self.stage!r}")
+        if (self.stage == "answer") != (self.prompt_seq is not None):
+            raise ValueError("an answer record names its prompt record's seq, and only an answer record does")
         check_finite(self.latency_ms, "latency_ms")
         for key, value in self.sampling.items():
             if isinstance(value, float):
@@ -180,6 +194,9 @@ class AuditEntry:
             "latency_ms": self.latency_ms,
             "outcome": self.outcome,
             "error_type": self.error_type,
+            "stage": self.stage,
+            "prompt_seq": self.prompt_seq,
+            "turns_used": self.turns_used,
         }
 
     @classmethod
@@ -197,7 +214,8 @@ class AuditEntry:
             sampling=body["sampling"], prompt_template_version=body["prompt_template_version"],
             answer=body["answer"], answer_hash=body["answer_hash"], prompt_tokens=body["prompt_tokens"],
             completion_tokens=body["completion_tokens"], latency_ms=body["latency_ms"], outcome=body["outcome"],
-            error_type=body["error_type"],
+            error_type=body["error_type"], stage=body.get("stage", "complete"), prompt_seq=body.get("prompt_seq"),
+            turns_used=body.get("turns_used", 0),
         )
 
 
@@ -207,8 +225,9 @@ RECORD_FIELDS: tuple[str, ...] = ("v", "seq", "prev_hash", *AuditEntry(
 ).to_json().keys())
 # The keys each format version's records carry.
 FIELDS_BY_VERSION: dict[int, tuple[str, ...]] = {
-    1: tuple(f for f in RECORD_FIELDS if f not in _ADDED_IN_V2),
-    2: RECORD_FIELDS,
+    1: tuple(f for f in RECORD_FIELDS if f not in _ADDED_IN_V2 + _ADDED_IN_V3),
+    2: tuple(f for f in RECORD_FIELDS if f not in _ADDED_IN_V3),
+    3: RECORD_FIELDS,
 }
 
 

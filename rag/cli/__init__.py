@@ -4,6 +4,7 @@
     search, ask, serve        rag.cli.query    the query side (every search and answer audited)
     audit verify|export       rag.cli.audit    the compliance officer's commands
     eval retrieval|pii|access rag.cli.eval     measurements on your own golden sets
+    token                     rag.cli.token    a signed bearer token, to try the chat page or the API
 
 Every command is a thin shell over the library; an :class:`~rag.errors.EnclaveError` ends the
 command with its message and exit status 2.
@@ -19,6 +20,7 @@ from rag.cli.audit import audit
 from rag.cli.eval import eval_group
 from rag.cli.ingest import chunks, ingest, status
 from rag.cli.query import ask, search, serve
+from rag.cli.token import token
 from rag.config import load_settings
 from rag.errors import EnclaveError
 
@@ -34,7 +36,7 @@ def main(ctx: click.Context) -> None:
         load_settings().require_secrets(serving=ctx.invoked_subcommand == "serve")
 
 
-for _command in (ingest, status, chunks, search, ask, serve, audit, eval_group):
+for _command in (ingest, status, chunks, search, ask, serve, audit, eval_group, token):
     main.add_command(_command)
 
 

@@ -18,9 +18,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from rag.config import Settings, load_settings
 from rag.errors import AuthenticationError, EnclaveError
 from rag.index import faiss_build
+from rag.llm.admission import GenerationBusyError
 from rag.query import QueryEngine
 from rag.service import serving
 from rag.service.auth import Principal, principal_from_headers
+from rag.service.page import add_chat_page
 from rag.service.protocol import (
     AskRequest,
     AskResponse,
@@ -95,6 +97,10 @@ def create_app(settings: Settings | None = None,
         log.warning("request failed", extra={"request_id": request.state.request_id, "error": type(exc).__name__})
         return _error(500, type(exc).__name__, str(exc), request.state.request_id)
 
+    @app.exception_handler(GenerationBusyError)
+    async def busy(request: Request, exc: GenerationBusyError) -> JSONResponse:
+        return _error(503, "busy", str(exc), request.state.request_id, {"Retry-After": str(exc.retry_after_s)})
+
     @app.exception_handler(ValueError)
     async def bad_request(request: Request, exc: ValueError) -> JSONResponse:
         return _error(400, "bad_request", str(exc), request.state.request_id)
@@ -117,10 +123,18 @@ def create_app(settings: Settings | None = None,
 
     @app.post("/v1/chat/completions", response_model=None)
     def chat(req: ChatCompletionRequest, who: PrincipalDep, eng: EngineDep, request: Request) -> Any:
-        body, _ = serving.chat(eng, who, req, request.state.request_id)
-        if req.stream:
-            return StreamingResponse(serving.chat_stream(body), media_type="text/event-stream")
-        return body
+        if not req.stream:
+            return serving.chat(eng, who, req, request.state.request_id)
+        # retrieval, admission and the prompt record happen here, before any byte is sent
+        stream = serving.open_chat(eng, who, req, request.state.request_id)
+        return StreamingResponse(serving.chat_stream(eng, who, req, stream), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    @app.get("/v1/whoami")
+    def whoami(who: PrincipalDep) -> dict[str, Any]:
+        return {"user": who.user, "groups": list(who.groups), "authenticated_via": who.via}
+
+    add_chat_page(app)
 
     @app.get("/v1/models")
     def models(who: PrincipalDep) -> dict[str, Any]:
