@@ -21,8 +21,8 @@ only the ids.
 
 Streaming (:meth:`Answerer.stream`): the model's reply is JSON, so what a reader should see
 while it is generated is the growing value of its ``answer`` field. :class:`AnswerText`
-parses the partial reply after each piece (``jiter`` in partial mode) and hands on only the
-new characters of that field. The checks above still run on the whole reply once it is
+reads that field from the partial reply after each piece and hands on only its new
+characters. The checks above still run on the whole reply once it is
 complete; a reply that fails them ends the stream with ``invalid_answer`` and its text is
 replaced, and citations are only ever sent from the checked reply.
 """
@@ -33,12 +33,11 @@ import json
 import logging
 import re
 import time
+from collections.abc import Generator as Stream
 from collections.abc import Sequence
 from dataclasses import dataclass
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-import jiter
 import jsonschema
 
 from rag.errors import GenerationError
@@ -132,7 +131,14 @@ class AnswerText:
     :meth:`feed` takes the next raw piece and returns the characters of the answer that are
     new since the last call ("" while the field has not started, inside an escape sequence, or
     once it has closed). Leading whitespace is held back, as the final answer is stripped.
+    The field's raw text is cut before any unfinished escape (``\\``, ``\\u00``, half a
+    surrogate pair) and decoded by the JSON parser, so what streams is what the final reply
+    decodes to.
     """
+
+    _KEY = re.compile(r'"answer"\s*:\s*"')
+    _UNFINISHED = re.compile(r"(?:\\u[dD][89abAB][0-9a-fA-F]{2}(?:\\u?[0-9a-fA-F]{0,3})?|\\u[0-9a-fA-F]{0,3})$")
+    _RAW_STRING = re.compile(r'(?:[^"\\]|\\.)*')
 
     def __init__(self) -> None:
         self._raw = ""
@@ -140,14 +146,19 @@ class AnswerText:
 
     def feed(self, piece: str) -> str:
         self._raw += piece
+        key = self._KEY.search(self._raw)
+        if key is None:
+            return ""
+        body = self._RAW_STRING.match(self._raw, key.end())
+        raw = body.group() if body is not None else ""
+        if raw.endswith("\\") and (len(raw) - len(raw.rstrip("\\"))) % 2:
+            raw = raw[:-1]  # a lone backslash: the escape's next character has not come yet
+        raw = self._UNFINISHED.sub("", raw)
         try:
-            value = jiter.from_json(self._raw.encode(), partial_mode="trailing-strings")
-        except ValueError:  # not yet parseable (an escape cut in half), or not JSON at all
+            decoded = json.loads(f'"{raw}"')
+        except ValueError:  # not a JSON string (yet): send nothing rather than guess
             return ""
-        text = value.get("answer") if isinstance(value, dict) else None
-        if not isinstance(text, str):
-            return ""
-        text = text.lstrip()
+        text = str(decoded).lstrip()
         if not text.startswith(self._sent):
             return ""
         new, self._sent = text[len(self._sent):], text
@@ -298,7 +309,7 @@ class Answerer:
 
     def stream(
         self, prompt: Prompt, passages: Sequence[Passage], started: float | None = None
-    ) -> Iterator[AnswerDelta | Answer]:
+    ) -> Stream[AnswerDelta | Answer, None, None]:
         """Answer text as it is generated, then the checked :class:`Answer` (always, whatever happened).
 
         The caller holds a generation slot (:meth:`GenerationQueue.admit`). Closing the iterator

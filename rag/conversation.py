@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import select
 
@@ -148,7 +148,9 @@ def open_answer_stream(engine: QueryEngine, question: str, *, earlier: Sequence[
     except BaseException:
         ticket.release()
         raise
-    events = _answer_events(engine, ticket, prompt, passages, result, shown, prompt_record, turns, common)
+    primed = _answer_events(engine, ticket, prompt, passages, result, shown, prompt_record, turns, common)
+    next(primed)
+    events = cast("Iterator[AnswerDelta | AnswerDone]", primed)  # the one None is consumed
     return AnswerStream(request_id, result, passages, prompt_record, turns, events)
 
 
@@ -163,10 +165,13 @@ def _model_name(generator: object) -> str | None:
 
 def _answer_events(engine: QueryEngine, ticket: Ticket, prompt: Prompt, passages: list[Passage],
                    result: SearchResult, shown: set[int], prompt_record: AuditRecord, turns: int,
-                   common: dict[str, Any]) -> Iterator[AnswerDelta | AnswerDone]:
+                   common: dict[str, Any]) -> Iterator[AnswerDelta | AnswerDone | None]:
+    """The answer events; primed once by the caller (the first ``None``) so that from then on any
+    end of the stream, even a close before the first real event, appends the answer record."""
     extra = {"stage": "answer", "prompt_seq": prompt_record.seq, "turns_used": turns}
     answer: Answer | None = None
     try:
+        yield None
         with ticket, contextlib.closing(engine.answerer.stream(prompt, passages, common["started"])) as events:
             for event in events:
                 if isinstance(event, Answer):
@@ -181,6 +186,8 @@ def _answer_events(engine: QueryEngine, ticket: Ticket, prompt: Prompt, passages
         engine.audit.append(engine._entry(result=result, shown=shown, outcome="error",
                                           error_type=type(exc).__name__, extra=extra, **common))
         raise
+    finally:
+        ticket.release()
     if answer is None:
         raise AssertionError("unreachable: Answerer.stream always ends with an Answer")
     record = engine.audit.append(engine._entry(result=result, shown=shown, outcome=answer.outcome, answer=answer,

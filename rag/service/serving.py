@@ -154,7 +154,8 @@ def chat_stream(engine: QueryEngine, who: Principal, req: ChatCompletionRequest,
                          outcome=answer.outcome, answer=answer.text, prompt_audit_id=prompt_seq)
         yield "data: [DONE]\n\n"
     except EnclaveError as exc:  # e.g. the answer record could not be written: the reader must know
-        yield f"data: {json.dumps({'error': {'type': type(exc).__name__, 'message': str(exc), 'request_id': stream.request_id}})}\n\n"
+        error = {"type": type(exc).__name__, "message": str(exc), "request_id": stream.request_id}
+        yield f"data: {json.dumps({'error': error})}\n\n"
     finally:
         stream.close()
 
