@@ -52,7 +52,7 @@ def _events(response: httpx.Response) -> Iterator[tuple[float, dict[str, Any]]]:
             yield time.monotonic(), json.loads(line[6:])
 
 
-def _stream(server: str, settings: Settings, messages: list[dict[str, str]], user: str = "onc1",
+def _stream(server: str, settings: Settings, messages: list[dict[str, str]], user: str = "onc1",  # noqa: F811
             groups: tuple[str, ...] = ("oncology",)) -> httpx.Response:
     return httpx.post(server + "/v1/chat/completions", json={"model": "enclave", "stream": True, "messages": messages},
                       headers=_token(settings, user, list(groups)), timeout=120)
@@ -205,7 +205,7 @@ def test_citations_carry_what_the_reader_needs_and_the_sources_block_is_a_settin
     assert "**Sources**" in content and "[1] public/visiting-hours.html" in content
 
 
-def test_the_chat_page_is_served_under_a_strict_csp_and_loads_nothing_from_elsewhere(server: str) -> None:
+def test_the_chat_page_is_served_under_a_strict_csp_and_loads_nothing_from_elsewhere(server: str) -> None:  # noqa: F811
     page = httpx.get(server + "/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     csp = page.headers["content-security-policy"]
