@@ -105,7 +105,7 @@ class Reader:
     """One browser tab, recording every URL it requests."""
 
     def __init__(self, browser: sync_api.Browser) -> None:
-        self.context = browser.new_context(viewport={"width": 1100, "height": 900})
+        self.context = browser.new_context(viewport={"width": 1440, "height": 900})
         self.page = self.context.new_page()
         self.requests: list[str] = []
         self.page.on("request", lambda request: self.requests.append(request.url))
