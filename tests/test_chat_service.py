@@ -100,6 +100,23 @@ def test_the_prompt_record_is_committed_before_the_first_byte_and_the_answer_rec
     log.dispose()
 
 
+def test_a_reader_who_goes_away_mid_stream_stops_the_model_and_the_chain_says_so(
+        server: str, ingested: Settings, engine: QueryEngine) -> None:  # noqa: F811
+    body = {"stream": True, "messages": [{"role": "user", "content": "How is the oxaliplatin dose adjusted?"}]}
+    with httpx.stream("POST", server + "/v1/chat/completions", json=body, timeout=120,
+                      headers=_token(ingested, "onc1", ["oncology"])) as response:
+        request_id = response.headers["x-request-id"]
+        next(_events(response))  # the first event, then the reader closes the connection
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        answers = [r for r in _records(ingested, request_id) if r["stage"] == "answer"]
+        if answers:
+            break
+        time.sleep(0.1)
+    assert [(r["outcome"], r["error_type"]) for r in answers] == [("error", "ClientDisconnected")]
+    assert engine.answerer.queue.admitted == 0  # the generation slot came back
+
+
 @pytest.fixture
 def slow_server(ingested: Settings, tmp_path: Path) -> Iterator[tuple[str, QueryEngine]]:  # noqa: F811
     """A second service whose model is given 0.3 s per answer: every answer times out mid-stream."""

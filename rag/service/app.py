@@ -127,7 +127,8 @@ def create_app(settings: Settings | None = None,
             return serving.chat(eng, who, req, request.state.request_id)
         # retrieval, admission and the prompt record happen here, before any byte is sent
         stream = serving.open_chat(eng, who, req, request.state.request_id)
-        return StreamingResponse(serving.chat_stream(eng, who, req, stream), media_type="text/event-stream",
+        events = serving.sse(serving.chat_stream(eng, who, req, stream))
+        return StreamingResponse(events, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     @app.get("/v1/whoami")

@@ -12,8 +12,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Generator
 from typing import Any
+
+import anyio
+from starlette.concurrency import run_in_threadpool
 
 from rag.answer import Answer, AnswerDelta
 from rag.conversation import AnswerStream, cited_passages, open_answer_stream
@@ -125,7 +128,8 @@ def chat(engine: QueryEngine, who: Principal, req: ChatCompletionRequest, reques
     }
 
 
-def chat_stream(engine: QueryEngine, who: Principal, req: ChatCompletionRequest, stream: AnswerStream) -> Iterator[str]:
+def chat_stream(engine: QueryEngine, who: Principal, req: ChatCompletionRequest,
+                stream: AnswerStream) -> Generator[str, None, None]:
     """Server-sent events in OpenAI's chunk format, each answer piece sent as the model produces it.
 
     The first event leaves after the prompt record was committed (``open_chat``); the last one
@@ -158,6 +162,17 @@ def chat_stream(engine: QueryEngine, who: Principal, req: ChatCompletionRequest,
         yield f"data: {json.dumps({'error': error})}\n\n"
     finally:
         stream.close()
+
+
+async def sse(events: Generator[str, None, None]) -> AsyncIterator[str]:
+    """``events`` for a StreamingResponse, each step in the thread pool; when the reader goes away
+    the generator is closed at once (which stops the model and appends the answer record)."""
+    try:
+        while (chunk := await run_in_threadpool(next, events, None)) is not None:
+            yield chunk
+    finally:
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(events.close)
 
 
 def new_request_id() -> str:
