@@ -18,6 +18,13 @@ JSON schema, check the reply against that schema again, and say plainly what hap
 
 Passage source URIs are not put in the prompt: they can carry names, and the model needs
 only the ids.
+
+Streaming (:meth:`Answerer.stream`): the model's reply is JSON, so what a reader should see
+while it is generated is the growing value of its ``answer`` field. :class:`AnswerText`
+reads that field from the partial reply after each piece and hands on only its new
+characters. The checks above still run on the whole reply once it is
+complete; a reply that fails them ends the stream with ``invalid_answer`` and its text is
+replaced, and citations are only ever sent from the checked reply.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Generator as Stream
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -33,7 +41,15 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import jsonschema
 
 from rag.errors import GenerationError
-from rag.llm.base import Generation, GenerationFailure, Generator, GeneratorFailedError, SamplingParams
+from rag.llm.admission import GenerationQueue
+from rag.llm.base import (
+    Generation,
+    GenerationFailure,
+    Generator,
+    GeneratorFailedError,
+    SamplingParams,
+    stream_from,
+)
 
 if TYPE_CHECKING:
     from rag.config import Settings
@@ -92,6 +108,63 @@ class Answer:
     elapsed_s: float
 
 
+@dataclass(frozen=True)
+class Prompt:
+    """What the model is shown for one question: passages that fitted, messages, reply schema."""
+
+    shown: tuple[Passage, ...]
+    messages: tuple[dict[str, str], ...]
+    schema: dict[str, Any]
+    template_version: str
+
+
+@dataclass(frozen=True)
+class AnswerDelta:
+    """New characters of the answer text, while the model is still generating it."""
+
+    text: str
+
+
+class AnswerText:
+    """The ``answer`` field of a JSON reply that is still arriving, as it grows.
+
+    :meth:`feed` takes the next raw piece and returns the characters of the answer that are
+    new since the last call ("" while the field has not started, inside an escape sequence, or
+    once it has closed). Leading whitespace is held back, as the final answer is stripped.
+    The field's raw text is cut before any unfinished escape (``\\``, ``\\u00``, half a
+    surrogate pair) and decoded by the JSON parser, so what streams is what the final reply
+    decodes to.
+    """
+
+    _KEY = re.compile(r'"answer"\s*:\s*"')
+    _UNFINISHED = re.compile(r"(?:\\u[dD][89abAB][0-9a-fA-F]{2}(?:\\u?[0-9a-fA-F]{0,3})?|\\u[0-9a-fA-F]{0,3})$")
+    _RAW_STRING = re.compile(r'(?:[^"\\]|\\.)*')
+
+    def __init__(self) -> None:
+        self._raw = ""
+        self._sent = ""
+
+    def feed(self, piece: str) -> str:
+        self._raw += piece
+        key = self._KEY.search(self._raw)
+        if key is None:
+            return ""
+        body = self._RAW_STRING.match(self._raw, key.end())
+        raw = body.group() if body is not None else ""
+        if raw.endswith("\\") and (len(raw) - len(raw.rstrip("\\"))) % 2:
+            raw = raw[:-1]  # a lone backslash: the escape's next character has not come yet
+        raw = self._UNFINISHED.sub("", raw)
+        try:
+            decoded = json.loads(f'"{raw}"')
+        except ValueError:  # not a JSON string (yet): send nothing rather than guess
+            return ""
+        text = str(decoded).lstrip()
+        if not text.startswith(self._sent):
+            return ""
+        new, self._sent = text[len(self._sent):], text
+        return new
+
+
 def quote_for_prompt(text: str) -> str:
     """Make ``text`` safe to place between prompt delimiters: it can hold no ``<`` or ``>``.
 
@@ -146,16 +219,24 @@ class Answerer:
     PROMPT_TEMPLATE_VERSION: Final = "v1"
     ANSWER_CHARS_PER_TOKEN: Final = 2
 
-    def __init__(self, generator: Generator, params: SamplingParams, max_context_chars: int) -> None:
+    def __init__(
+        self,
+        generator: Generator,
+        params: SamplingParams,
+        max_context_chars: int,
+        queue: GenerationQueue | None = None,
+    ) -> None:
         if max_context_chars < 1:
             raise ValueError("max_context_chars must be positive")
         self.generator = generator
         self.params = params
         self.max_context_chars = max_context_chars
+        self.queue = queue or GenerationQueue()
 
     @classmethod
     def from_settings(cls, settings: Settings, generator: Generator) -> Answerer:
-        return cls(generator, SamplingParams.from_settings(settings), context_chars_for(settings))
+        return cls(generator, SamplingParams.from_settings(settings), context_chars_for(settings),
+                   GenerationQueue(settings.llm_concurrency, settings.llm_queue_max))
 
     def select_passages(self, passages: Sequence[Passage]) -> list[Passage]:
         """The passages that fit the budget, in order; later ones are dropped first.
@@ -178,8 +259,11 @@ class Answerer:
             shown.append(Passage(first.passage_id, first.chunk_id, first.document_id, first.source_uri, cut))
         return shown
 
-    def build_messages(self, question: str, shown: Sequence[Passage]) -> list[dict[str, str]]:
-        """The chat messages for ``question`` over ``shown`` passages (template v1)."""
+    def build_messages(self, question: str, shown: Sequence[Passage], earlier_turns: int = 0) -> list[dict[str, str]]:
+        """The chat messages for ``question`` over ``shown`` passages (template v1).
+
+        With ``earlier_turns`` > 0 the question holds that many earlier questions of the
+        conversation, one a line, before the one to answer (template v1+conversation)."""
         blocks = "\n\n".join(
             f'<passage id="{passage.passage_id}">\n{quote_for_prompt(passage.text)}\n</passage>' for passage in shown
         )
@@ -188,46 +272,97 @@ class Answerer:
             f"<question>\n{quote_for_prompt(question)}\n</question>\n\n"
             'Answer the question from the passages as JSON: {"answer": ..., "citations": [...]}.'
         )
+        if earlier_turns:
+            user += (
+                f"\nThe first {earlier_turns} line(s) of the question are earlier questions of this conversation;"
+                " answer the last line."
+            )
         return [{"role": "system", "content": SYSTEM_PROMPT_V1}, {"role": "user", "content": user}]
 
-    def answer(self, question: str, passages: list[Passage]) -> Answer:
+    def prompt(self, question: str, passages: Sequence[Passage], earlier_turns: int = 0) -> Prompt:
+        """What the model will be shown for ``question`` over ``passages`` (at least one)."""
+        _check_passage_ids(passages)
+        if not passages:
+            raise ValueError("a prompt needs at least one passage")
+        shown = self.select_passages(passages)
+        messages = self.build_messages(question, shown, earlier_turns)
+        schema = answer_schema([p.passage_id for p in shown], self.ANSWER_CHARS_PER_TOKEN * self.params.max_tokens)
+        version = self.PROMPT_TEMPLATE_VERSION + ("+conversation" if earlier_turns else "")
+        return Prompt(tuple(shown), tuple(messages), schema, version)
+
+    def no_results(self) -> Answer:
+        """The answer when retrieval found nothing this user may read: no model call."""
+        return self._result(time.perf_counter(), NO_RESULTS_TEXT, "no_results", messages=[], shown=[])
+
+    def answer(self, question: str, passages: list[Passage], earlier_turns: int = 0) -> Answer:
+        """The whole answer at once (waits for a generation slot; refused when the queue is full)."""
         started = time.perf_counter()
         _check_passage_ids(passages)
         if not passages:
             return self._result(started, NO_RESULTS_TEXT, "no_results", messages=[], shown=[])
+        prompt = self.prompt(question, passages, earlier_turns)
+        with self.queue.admit():
+            for event in self.stream(prompt, passages, started):
+                if isinstance(event, Answer):
+                    return event
+        raise AssertionError("unreachable: a stream always ends with an Answer")
 
-        shown = self.select_passages(passages)
-        messages = self.build_messages(question, shown)
-        shown_ids = [passage.passage_id for passage in shown]
-        schema = answer_schema(shown_ids, self.ANSWER_CHARS_PER_TOKEN * self.params.max_tokens)
+    def stream(
+        self, prompt: Prompt, passages: Sequence[Passage], started: float | None = None
+    ) -> Stream[AnswerDelta | Answer, None, None]:
+        """Answer text as it is generated, then the checked :class:`Answer` (always, whatever happened).
+
+        The caller holds a generation slot (:meth:`GenerationQueue.admit`). Closing the iterator
+        early stops the generation."""
+        started = time.perf_counter() if started is None else started
+        messages, shown = list(prompt.messages), prompt.shown
+        text = AnswerText()
+        generation: Generation | None = None
+        events = stream_from(self.generator, prompt.messages, prompt.schema, self.params)
         try:
-            generation = self.generator.generate(messages, schema, self.params)
+            for event in events:
+                if isinstance(event, Generation):
+                    generation = event
+                    break
+                new = text.feed(event.text)
+                if new:
+                    yield AnswerDelta(new)
         except GeneratorFailedError as exc:
             timed_out = exc.failure is GenerationFailure.TIMEOUT
-            return self._result(
+            yield self._result(
                 started,
                 TIMEOUT_TEXT if timed_out else ERROR_TEXT,
                 "timeout" if timed_out else "error",
                 messages=messages,
                 shown=shown,
                 error=str(exc),
+                version=prompt.template_version,
             )
+            return
         except GenerationError as exc:  # a third-party generator's own failure type
-            return self._result(
-                started, ERROR_TEXT, "error", messages=messages, shown=shown, error=f"{type(exc).__name__}"
-            )
-
-        reply, problem = _validated_reply(generation, schema)
+            yield self._result(started, ERROR_TEXT, "error", messages=messages, shown=shown,
+                               error=f"{type(exc).__name__}", version=prompt.template_version)
+            return
+        finally:
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()
+        if generation is None:
+            yield self._result(started, ERROR_TEXT, "error", messages=messages, shown=shown,
+                               error="the stream ended without a result", version=prompt.template_version)
+            return
+        reply, problem = _validated_reply(generation, prompt.schema)
         if reply is None:
-            return self._result(
+            yield self._result(
                 started, INVALID_ANSWER_TEXT, "invalid_answer", messages=messages, shown=shown,
-                generation=generation, error=problem,
+                generation=generation, error=problem, version=prompt.template_version,
             )  # fmt: skip
+            return
         by_id = {passage.passage_id: passage for passage in passages}
         cited = tuple(by_id[passage_id] for passage_id in dict.fromkeys(reply["citations"]))
-        return self._result(
+        yield self._result(
             started, reply["answer"].strip(), "ok", messages=messages, shown=shown,
-            generation=generation, citations=cited,
+            generation=generation, citations=cited, version=prompt.template_version,
         )  # fmt: skip
 
     def _result(
@@ -241,6 +376,7 @@ class Answerer:
         generation: Generation | None = None,
         citations: tuple[Passage, ...] = (),
         error: str | None = None,
+        version: str | None = None,
     ) -> Answer:
         elapsed = time.perf_counter() - started
         logger.info(
@@ -262,7 +398,7 @@ class Answerer:
             generation=generation,
             outcome=outcome,
             error=error,
-            prompt_template_version=self.PROMPT_TEMPLATE_VERSION,
+            prompt_template_version=version or self.PROMPT_TEMPLATE_VERSION,
             messages=tuple(messages),
             shown_passage_ids=tuple(passage.passage_id for passage in shown),
             elapsed_s=elapsed,

@@ -104,6 +104,14 @@ class Settings(BaseSettings):
     llm_max_tokens: int = 384
     llm_temperature: float = 0.0
     llm_context_tokens: int = 4096
+    # Chat (issue 13) and the generation queue (issue 10, point 4): generations running at once,
+    # how many more may wait (past that: 503 + Retry-After), earlier user turns that shape the
+    # retrieval of a follow-up, and a "Sources" block in chat replies for front ends (Open WebUI,
+    # LibreChat) that drop the extra ``citations`` field.
+    llm_concurrency: int = Field(default=1, ge=1)
+    llm_queue_max: int = Field(default=8, ge=0)
+    chat_history_turns: int = Field(default=2, ge=0, le=8)
+    chat_sources_block: bool = False
     rerank: bool = False
     # Query service processes (`enclave serve --workers`), and the torch threads each embeds a
     # question with (0: one). One question is too small a matrix for a second thread to help, and

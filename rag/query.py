@@ -123,7 +123,10 @@ class QueryEngine:
 
     def _entry(self, *, kind: Kind, request_id: str, user: str, groups: tuple[str, ...], purpose: str | None,
                question: str, result: SearchResult | None, shown: set[int], outcome: Outcome, started: float,
-               via: str | None, answer: Answer | None = None, error_type: str | None = None) -> AuditEntry:
+               via: str | None, answer: Answer | None = None, error_type: str | None = None,
+               extra: dict[str, Any] | None = None) -> AuditEntry:
+        """The audit entry of one request; ``extra`` sets further AuditEntry fields (rag.conversation's
+        prompt/answer stages and turns, the model named before it answered)."""
         gen = answer.generation if answer is not None else None
         llm: dict[str, Any] = {}
         if kind != "search":
@@ -131,7 +134,9 @@ class QueryEngine:
             llm = {"llm_backend": gen.backend if gen else self.settings.llm_backend,
                    "llm_distribution": self._generator_distribution,
                    "llm_model": gen.model if gen else None, "llm_weights_hash": gen.model_hash if gen else None,
-                   "sampling": _sampling(params), "prompt_template_version": self.answerer.PROMPT_TEMPLATE_VERSION,
+                   "sampling": _sampling(params),
+                   "prompt_template_version": answer.prompt_template_version if answer
+                   else self.answerer.PROMPT_TEMPLATE_VERSION,
                    "answer": answer.text if answer else None,
                    "prompt_tokens": gen.prompt_tokens if gen else None,
                    "completion_tokens": gen.completion_tokens if gen else None}
@@ -147,7 +152,7 @@ class QueryEngine:
             else self.index.loaded_version,
             embedding_model=self.embedder.model_name, embedding_model_hash=self.embedder.weights_sha256,
             outcome=outcome, error_type=error_type,
-            latency_ms=(time.perf_counter() - started) * 1000.0, **llm)
+            latency_ms=(time.perf_counter() - started) * 1000.0, **{**llm, **(extra or {})})
 
     def search(self, question: str, *, user: str, groups: list[str], k: int = 10, mode: Mode = "hybrid",
                purpose: str | None = None, kind: Kind = "search", request_id: str | None = None,

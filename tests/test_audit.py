@@ -432,7 +432,8 @@ def test_records_of_the_first_format_still_verify_live_and_in_exports_of_either_
     # a CSV written before the format change lacks the new columns and still verifies
     with current_csv.open(newline="") as fh:
         rows = list(csv.reader(fh))
-    keep = [i for i, column in enumerate(rows[0]) if column not in ("authenticated_via", "llm_distribution", "event")]
+    added_since_v1 = set(FIELDS_BY_VERSION[RECORD_FORMAT_VERSION]) - set(FIELDS_BY_VERSION[1])
+    keep = [i for i, column in enumerate(rows[0]) if column not in added_since_v1]
     with old_csv.open("w", newline="") as fh:
         csv.writer(fh).writerows([[row[i] for i in keep] for row in rows])
     assert verify_export(old_csv).ok

@@ -33,15 +33,22 @@ GENESIS_HASH = "0" * 64
 # installed distribution provided the generator). Records keep the version they were written in.
 # 3 (issue 14) added event: what a compliance action did (an erasure receipt's digest and counts, a
 # hold change, a re-identification), never the personal data it acted on; null on request records.
-RECORD_FORMAT_VERSION = 3
+# 4 (issue 13, streamed chat) added stage, prompt_seq and turns_used: a streamed answer is two
+# records of the chain, "prompt" (what the model was shown, committed before the first byte
+# leaves, outcome "pending") and "answer" (the answer or the failure, naming the prompt record's
+# seq); a whole-answer request stays one "complete" record. turns_used counts the earlier user
+# turns of a conversation that shaped retrieval (they are in question_redacted, redacted).
+RECORD_FORMAT_VERSION = 4
 _ADDED_IN_V2 = ("authenticated_via", "llm_distribution")
 _ADDED_IN_V3 = ("event",)
+_ADDED_IN_V4 = ("stage", "prompt_seq", "turns_used")
 
 # search, ask and chat are requests; the others are compliance actions (rag.lifecycle).
 Kind = Literal["search", "ask", "chat", "erase", "hold", "reveal", "retention"]
 # "refused": the service turned the request away before reading its question (too large, invalid,
-# over its rate limit); error_type names the reason.
-Outcome = Literal["ok", "no_results", "invalid_answer", "error", "timeout", "refused"]
+# over its rate limit); error_type names the reason. "pending": the prompt record of a streamed answer.
+Outcome = Literal["ok", "no_results", "invalid_answer", "error", "timeout", "refused", "pending"]
+Stage = Literal["complete", "prompt", "answer"]
 SamplingValue = str | int | float | bool | None
 
 
@@ -134,6 +141,9 @@ class AuditEntry:
     completion_tokens: int | None = None
     error_type: str | None = None
     event: Mapping[str, Any] | None = None
+    stage: Stage = "complete"
+    prompt_seq: int | None = None
+    turns_used: int = 0
     ts: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def __post_init__(self) -> None:
@@ -141,6 +151,10 @@ class AuditEntry:
             raise ValueError(f"audit kind must be one of {get_args(Kind)}, not {self.kind!r}")
         if self.outcome not in get_args(Outcome):
             raise ValueError(f"audit outcome must be one of {get_args(Outcome)}, not {self.outcome!r}")
+        if self.stage not in get_args(Stage):
+            raise ValueError(f"audit stage must be one of {get_args(Stage)}, not {self.stage!r}")
+        if (self.stage == "answer") != (self.prompt_seq is not None):
+            raise ValueError("an answer record names its prompt record's seq, and only an answer record does")
         check_finite(self.latency_ms, "latency_ms")
         for key, value in self.sampling.items():
             if isinstance(value, float):
@@ -188,6 +202,9 @@ class AuditEntry:
             "outcome": self.outcome,
             "error_type": self.error_type,
             "event": dict(self.event) if self.event is not None else None,
+            "stage": self.stage,
+            "prompt_seq": self.prompt_seq,
+            "turns_used": self.turns_used,
         }
 
     @classmethod
@@ -206,6 +223,8 @@ class AuditEntry:
             answer=body["answer"], answer_hash=body["answer_hash"], prompt_tokens=body["prompt_tokens"],
             completion_tokens=body["completion_tokens"], latency_ms=body["latency_ms"], outcome=body["outcome"],
             error_type=body["error_type"], event=body.get("event"),
+            error_type=body["error_type"], stage=body.get("stage", "complete"), prompt_seq=body.get("prompt_seq"),
+            turns_used=body.get("turns_used", 0),
         )
 
 
@@ -215,9 +234,10 @@ RECORD_FIELDS: tuple[str, ...] = ("v", "seq", "prev_hash", *AuditEntry(
 ).to_json().keys())
 # The keys each format version's records carry.
 FIELDS_BY_VERSION: dict[int, tuple[str, ...]] = {
-    1: tuple(f for f in RECORD_FIELDS if f not in _ADDED_IN_V2 + _ADDED_IN_V3),
-    2: tuple(f for f in RECORD_FIELDS if f not in _ADDED_IN_V3),
-    3: RECORD_FIELDS,
+    1: tuple(f for f in RECORD_FIELDS if f not in _ADDED_IN_V2 + _ADDED_IN_V3 + _ADDED_IN_V4),
+    2: tuple(f for f in RECORD_FIELDS if f not in _ADDED_IN_V3 + _ADDED_IN_V4),
+    3: tuple(f for f in RECORD_FIELDS if f not in _ADDED_IN_V4),
+    4: RECORD_FIELDS,
 }
 
 

@@ -8,6 +8,7 @@
     retention apply, reveal                     retention rules applied, audited re-identification
     compliance report                           records of processing, audit evidence
     db upgrade|status         rag.cli.db       schema migrations, run as the schema owner
+    token                     rag.cli.token    a signed bearer token, to try the chat page or the API
 
 Every command is a thin shell over the library; an :class:`~rag.errors.EnclaveError` ends the
 command with its message and exit status 2.
@@ -25,6 +26,7 @@ from rag.cli.eval import eval_group
 from rag.cli.ingest import chunks, ingest, status
 from rag.cli.lifecycle import compliance, erase, hold, retention, reveal
 from rag.cli.query import ask, search, serve
+from rag.cli.token import token
 from rag.config import load_settings, secure_home
 from rag.errors import EnclaveError
 
@@ -43,7 +45,7 @@ def main(ctx: click.Context) -> None:
 
 
 for _command in (ingest, status, chunks, search, ask, serve, audit, eval_group, db, erase, hold,
-                 retention, reveal, compliance):
+                 retention, reveal, compliance, token):
     main.add_command(_command)
 
 

@@ -1,6 +1,10 @@
 """The generator contract: how the Answerer asks a language model for a schema-bound reply.
 
 A generator is anything with a ``backend`` name and ``generate(messages, schema, params)``.
+A *streaming* generator also has ``stream(messages, schema, params)``, an iterator of
+:class:`TextDelta` pieces as the model produces them, ending with the :class:`Generation`;
+every built-in backend streams, and :func:`stream_from` gives any generator that shape.
+:func:`bounded` puts a wall-clock limit on a stream (``ENCLAVE_LLM_TIMEOUT_S``).
 It receives chat messages, a JSON schema the reply must follow (enforced by the backend's
 constrained decoding), and sampling parameters, and returns a :class:`Generation`. Failures
 of the model (unreachable, timed out, rejected the request) are raised as
@@ -16,7 +20,8 @@ are imported only when chosen, so optional heavy dependencies stay optional.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Collection, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -99,6 +104,77 @@ class Generator(Protocol):
         """Generate a reply to ``messages``; when ``schema`` is given the reply is JSON that
         the backend constrained to it. Raises :class:`GeneratorFailedError` on model failure."""
         ...
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of the reply's raw text, in the order the model produced it."""
+
+    text: str
+
+
+StreamEvent = TextDelta | Generation
+"""What a stream yields: text pieces, then exactly one :class:`Generation` (the whole reply)."""
+
+
+@runtime_checkable
+class StreamingGenerator(Generator, Protocol):
+    """A generator that can hand out its reply while it is being generated."""
+
+    def stream(
+        self, messages: Sequence[ChatMessage], schema: JsonSchema | None, params: SamplingParams
+    ) -> Iterator[StreamEvent]:
+        """Yield :class:`TextDelta` pieces as they are generated, then the :class:`Generation`.
+
+        Raises :class:`GeneratorFailedError` on model failure, also after some pieces went out.
+        Closing the iterator early stops the generation."""
+        ...
+
+
+def stream_from(
+    generator: Generator, messages: Sequence[ChatMessage], schema: JsonSchema | None, params: SamplingParams
+) -> Iterator[StreamEvent]:
+    """Stream from any generator: its own ``stream``, or ``generate``'s whole text as one piece."""
+    if isinstance(generator, StreamingGenerator):
+        return generator.stream(messages, schema, params)
+    return _one_piece(generator, messages, schema, params)
+
+
+def _one_piece(
+    generator: Generator, messages: Sequence[ChatMessage], schema: JsonSchema | None, params: SamplingParams
+) -> Iterator[StreamEvent]:
+    generation = generator.generate(messages, schema, params)
+    yield TextDelta(generation.text)
+    yield generation
+
+
+def collect(events: Iterable[StreamEvent], backend: str) -> Generation:
+    """The :class:`Generation` that ends a stream (how a streaming backend implements ``generate``)."""
+    for event in events:
+        if isinstance(event, Generation):
+            return event
+    raise GeneratorFailedError(GenerationFailure.FAILED, backend, "the stream ended without a result")
+
+
+def bounded(events: Iterator[StreamEvent], timeout_s: float | None, backend: str) -> Iterator[StreamEvent]:
+    """``events`` with a wall-clock limit: past ``timeout_s`` the generation is stopped (the
+    iterator closed) and :class:`GeneratorFailedError` ``TIMEOUT`` raised.
+
+    The clock is read between pieces, so one piece that never comes is the backend's own
+    read timeout to bound (the HTTP client's; llama.cpp yields a token at a time).
+    """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    try:
+        for event in events:
+            if deadline is not None and time.monotonic() > deadline and not isinstance(event, Generation):
+                raise GeneratorFailedError(
+                    GenerationFailure.TIMEOUT, backend, f"generation took longer than {timeout_s}s"
+                )
+            yield event
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()
 
 
 GeneratorFactory = Callable[["Settings"], Generator]

@@ -6,6 +6,11 @@ The Answerer's JSON schema is compiled to a llama.cpp GBNF grammar
 grammar ourselves rather than pass ``response_format``: llama-cpp-python silently falls back
 to "any JSON" when a schema does not convert, and a silent downgrade is not acceptable here.
 
+Replies stream token by token (``create_chat_completion(stream=True)``), bounded in tokens
+(``max_tokens``) and in time (``timeout_s``, from ``ENCLAVE_LLM_TIMEOUT_S``: past it the
+stream is closed, which stops sampling). llama.cpp keeps the evaluated prompt and reuses its
+longest common prefix on the next call, so the fixed system message is not evaluated again.
+
 A llama.cpp context is not thread-safe, so one lock serialises generation; the model loads
 once, lazily (:meth:`LlamaCppGenerator.warm_up`), and its file's sha256 is computed once so
 every :class:`~rag.llm.base.Generation` names the exact weights that produced it.
@@ -19,7 +24,7 @@ import importlib.util
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +36,10 @@ from rag.llm.base import (
     GeneratorFailedError,
     JsonSchema,
     SamplingParams,
+    StreamEvent,
+    TextDelta,
+    bounded,
+    collect,
 )
 
 if TYPE_CHECKING:
@@ -79,8 +88,11 @@ class LlamaCppGenerator:
 
     backend = BACKEND
 
-    def __init__(self, model_path: str | Path, n_ctx: int = 4096, n_threads: int | None = None) -> None:
+    def __init__(
+        self, model_path: str | Path, n_ctx: int = 4096, n_threads: int | None = None, timeout_s: float | None = None
+    ) -> None:
         self.model_path = Path(model_path)
+        self.timeout_s = timeout_s
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self._llama: Llama | None = None
@@ -124,6 +136,17 @@ class LlamaCppGenerator:
     def generate(
         self, messages: Sequence[ChatMessage], schema: JsonSchema | None, params: SamplingParams
     ) -> Generation:
+        return collect(self.stream(messages, schema, params), BACKEND)
+
+    def stream(
+        self, messages: Sequence[ChatMessage], schema: JsonSchema | None, params: SamplingParams
+    ) -> Iterator[StreamEvent]:
+        """Tokens as llama.cpp samples them, bounded by ``timeout_s`` and ``params.max_tokens``."""
+        return bounded(self._stream(messages, schema, params), self.timeout_s, BACKEND)
+
+    def _stream(
+        self, messages: Sequence[ChatMessage], schema: JsonSchema | None, params: SamplingParams
+    ) -> Iterator[StreamEvent]:
         grammar = None
         if schema is not None:
             try:
@@ -132,17 +155,30 @@ class LlamaCppGenerator:
                 raise GeneratorFailedError(
                     GenerationFailure.REJECTED, BACKEND, f"schema does not convert to a grammar ({type(exc).__name__})"
                 ) from exc
+        # Held for the whole stream: a plain Lock, so the thread that finishes the stream may
+        # differ from the one that started it (a web server iterates a response in a pool).
         with self._lock:
             llama = self._load()
+            pieces: list[str] = []
+            finish_reason: str | None = None
+            chunks: Any = None
             try:
-                completion: Any = llama.create_chat_completion(
+                chunks = llama.create_chat_completion(
                     messages=[dict(message) for message in messages],  # type: ignore[misc]  # TypedDict shapes
                     grammar=grammar,
                     temperature=params.temperature,
                     top_p=params.top_p,
                     max_tokens=params.max_tokens,
                     seed=params.seed,
+                    stream=True,
                 )
+                for chunk in chunks:
+                    choice = chunk["choices"][0]
+                    piece = choice["delta"].get("content") or ""
+                    finish_reason = choice.get("finish_reason") or finish_reason
+                    if piece:
+                        pieces.append(piece)
+                        yield TextDelta(piece)
             except ValueError as exc:
                 # The usual cause is a prompt longer than the context window. Only that known,
                 # count-only message is passed on; any other could quote the prompt.
@@ -150,20 +186,26 @@ class LlamaCppGenerator:
                 raise GeneratorFailedError(GenerationFailure.REJECTED, BACKEND, detail) from exc
             except RuntimeError as exc:
                 raise GeneratorFailedError(GenerationFailure.FAILED, BACKEND, type(exc).__name__) from exc
-        choice = completion["choices"][0]
-        usage = completion.get("usage") or {}
-        return Generation(
-            text=choice["message"].get("content") or "",
+            finally:
+                if chunks is not None:
+                    chunks.close()  # stops sampling when the caller stopped early
+            # llama.cpp's context now holds prompt + reply; each streamed piece is one token.
+            completion_tokens = len(pieces)
+            prompt_tokens = max(0, int(llama.n_tokens) - completion_tokens)
+        yield Generation(
+            text="".join(pieces),
             model=self.model_path.name,
             model_hash=self._model_hash,
             backend=BACKEND,
-            prompt_tokens=int(usage.get("prompt_tokens", 0)),
-            completion_tokens=int(usage.get("completion_tokens", 0)),
-            finish_reason=choice.get("finish_reason"),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            finish_reason=finish_reason,
         )
 
 
 def generator_from_settings(settings: Settings) -> LlamaCppGenerator:
     model_path = Path(settings.llm_model_path) if settings.llm_model_path else bundled_gguf_path()
     # llama.cpp defaults to half the cores; a dedicated query service should use them all.
-    return LlamaCppGenerator(model_path, n_ctx=settings.llm_context_tokens, n_threads=os.cpu_count())
+    return LlamaCppGenerator(
+        model_path, n_ctx=settings.llm_context_tokens, n_threads=os.cpu_count(), timeout_s=settings.llm_timeout_s
+    )

@@ -10,6 +10,10 @@ decoding, and servers spell that request differently:
   ``json_schema`` with an error naming ``response_format``); it compiles the schema to a GBNF
   grammar. Used when the server refused the first form, and remembered for that generator.
 
+Replies are always requested with ``stream: true`` and handed on piece by piece
+(:meth:`OpenAICompatibleGenerator.stream`); ``generate`` collects the same stream. The total
+time of a reply is bounded by ``timeout_s`` as well as each read.
+
 Connection failures are retried a bounded number of times (tenacity); a timeout is not
 retried, because the server may still be working on the request. Errors never carry the
 server's response body: a 4xx body can echo the request, and the request holds document text.
@@ -19,9 +23,10 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+import httpx
 import openai
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
@@ -32,6 +37,10 @@ from rag.llm.base import (
     GeneratorFailedError,
     JsonSchema,
     SamplingParams,
+    StreamEvent,
+    TextDelta,
+    bounded,
+    collect,
 )
 
 if TYPE_CHECKING:
@@ -154,6 +163,16 @@ class OpenAICompatibleGenerator:
     def generate(
         self, messages: Sequence[ChatMessage], schema: JsonSchema | None, params: SamplingParams
     ) -> Generation:
+        return collect(self.stream(messages, schema, params), BACKEND)
+
+    def stream(
+        self, messages: Sequence[ChatMessage], schema: JsonSchema | None, params: SamplingParams
+    ) -> Iterator[StreamEvent]:
+        """The server's SSE chunks as they arrive, bounded in total by ``timeout_s``."""
+        return bounded(self._stream(messages, schema, params), self.timeout_s, BACKEND)
+
+    def _open(self, messages: Sequence[ChatMessage], schema: JsonSchema | None, params: SamplingParams) -> Any:
+        """Start a streamed completion, trying the ``response_format`` forms this server may accept."""
         model = self._resolved_model()
         client = self._client_now()
         forms: list[SchemaForm | None]
@@ -171,13 +190,14 @@ class OpenAICompatibleGenerator:
                 "temperature": params.temperature,
                 "top_p": params.top_p,
                 "max_tokens": params.max_tokens,
+                "stream": True,
             }
             if params.seed is not None:
                 body["seed"] = params.seed
             if schema is not None and form is not None:
                 body["response_format"] = response_format_for(schema, form)
             try:
-                completion = self._call("chat completion", lambda body=body: client.chat.completions.create(**body))
+                chunks = self._call("chat completion", lambda body=body: client.chat.completions.create(**body))
             except openai.APIStatusError as exc:
                 if position + 1 < len(forms) and _refused_response_format(exc):
                     continue
@@ -190,22 +210,49 @@ class OpenAICompatibleGenerator:
                 raise GeneratorFailedError(GenerationFailure.FAILED, BACKEND, type(exc).__name__) from exc
             if schema is not None:
                 self._schema_form = form
-            return self._generation(completion, model)
+            return chunks
         raise AssertionError("unreachable: the last form either returns or raises")
 
-    def _generation(self, completion: Any, requested_model: str) -> Generation:
-        if not completion.choices:
-            raise GeneratorFailedError(GenerationFailure.FAILED, BACKEND, "reply holds no choices")
-        choice = completion.choices[0]
-        usage = completion.usage
-        return Generation(
-            text=choice.message.content or "",
-            model=completion.model or requested_model,
+    def _stream(
+        self, messages: Sequence[ChatMessage], schema: JsonSchema | None, params: SamplingParams
+    ) -> Iterator[StreamEvent]:
+        chunks = self._open(messages, schema, params)
+        model = self.model
+        pieces: list[str] = []
+        finish_reason: str | None = None
+        prompt_tokens = completion_tokens = 0
+        try:
+            for chunk in chunks:
+                model = chunk.model or model
+                if chunk.usage is not None:  # servers that report usage send it in a last chunk
+                    prompt_tokens = int(chunk.usage.prompt_tokens or 0)
+                    completion_tokens = int(chunk.usage.completion_tokens or 0)
+                if not chunk.choices:
+                    continue
+                choice = chunk.choices[0]
+                finish_reason = choice.finish_reason or finish_reason
+                piece = choice.delta.content if choice.delta is not None else None
+                if piece:
+                    pieces.append(piece)
+                    yield TextDelta(piece)
+        except httpx.TimeoutException as exc:
+            raise GeneratorFailedError(
+                GenerationFailure.TIMEOUT, BACKEND, f"the stream from {self.base_url} stalled past {self.timeout_s}s"
+            ) from exc
+        except (httpx.HTTPError, openai.OpenAIError) as exc:  # connection cut, error event mid-stream
+            raise GeneratorFailedError(
+                GenerationFailure.FAILED, BACKEND, f"the stream broke off ({type(exc).__name__})"
+            ) from exc
+        finally:
+            chunks.close()
+        yield Generation(
+            text="".join(pieces),
+            model=model,
             model_hash=None,  # the server does not report which weights it holds
             backend=BACKEND,
-            prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-            completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-            finish_reason=choice.finish_reason,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens or len(pieces),
+            finish_reason=finish_reason,
         )
 
 

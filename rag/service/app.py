@@ -22,10 +22,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from rag.config import Settings, load_settings, secure_home
 from rag.errors import AccessDeniedError, AuthenticationError, EnclaveError
 from rag.index import faiss_build
+from rag.llm.admission import GenerationBusyError
 from rag.query import QueryEngine
 from rag.service import serving
-from rag.service.auth import Principal
+from rag.service.auth import Principal, principal_from_headers
 from rag.service.guard import ServiceGuard, ServiceMetrics, audit_refusal, error_body
+from rag.service.page import add_chat_page
 from rag.service.protocol import (
     AskRequest,
     AskResponse,
@@ -115,6 +117,10 @@ def create_app(settings: Settings | None = None,
         return error_body(exc.status_code, kind, str(exc.detail), request.state.request_id,
                           dict(exc.headers) if exc.headers else None)
 
+    @app.exception_handler(GenerationBusyError)
+    async def busy(request: Request, exc: GenerationBusyError) -> JSONResponse:
+        return error_body(503, "busy", str(exc), request.state.request_id, {"Retry-After": str(exc.retry_after_s)})
+
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok", "index_backend": index_backend}
@@ -145,11 +151,22 @@ def create_app(settings: Settings | None = None,
 
     @app.post("/v1/chat/completions", response_model=None)
     def chat(req: ChatCompletionRequest, who: PrincipalDep, eng: EngineDep, request: Request) -> Any:
-        body, _ = serving.chat(eng, who, req, request.state.request_id)
+        if not req.stream:
+            body = serving.chat(eng, who, req, request.state.request_id)
+            request.state.audited = True
+            return body
+        # retrieval, admission and the prompt record happen here, before any byte is sent
+        stream = serving.open_chat(eng, who, req, request.state.request_id)
         request.state.audited = True
-        if req.stream:
-            return StreamingResponse(serving.chat_stream(body), media_type="text/event-stream")
-        return body
+        events = serving.sse(serving.chat_stream(eng, who, req, stream))
+        return StreamingResponse(events, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    @app.get("/v1/whoami")
+    def whoami(who: PrincipalDep) -> dict[str, Any]:
+        return {"user": who.user, "groups": list(who.groups), "authenticated_via": who.via}
+
+    add_chat_page(app)
 
     @app.post("/v1/reveal", response_model=RevealResponse, responses={403: {"model": ErrorResponse}})
     def reveal(req: RevealRequest, who: PrincipalDep, eng: EngineDep) -> RevealResponse:

@@ -67,6 +67,15 @@ class Citation(BaseModel):
     chunk_id: int
 
 
+class ChatCitation(Citation):
+    """A cited passage as a chat reader sees it (the page opens it from its numbered marker)."""
+
+    number: int  # the [n] marker in the answer text
+    section: str
+    excerpt: str  # redacted
+    access: str  # the rule that let this reader see it
+
+
 class AskResponse(BaseModel):
     request_id: str
     audit_id: int
