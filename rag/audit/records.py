@@ -223,7 +223,7 @@ class AuditEntry:
             answer=body["answer"], answer_hash=body["answer_hash"], prompt_tokens=body["prompt_tokens"],
             completion_tokens=body["completion_tokens"], latency_ms=body["latency_ms"], outcome=body["outcome"],
             error_type=body["error_type"], event=body.get("event"),
-            error_type=body["error_type"], stage=body.get("stage", "complete"), prompt_seq=body.get("prompt_seq"),
+            stage=body.get("stage", "complete"), prompt_seq=body.get("prompt_seq"),
             turns_used=body.get("turns_used", 0),
         )
 

@@ -25,7 +25,7 @@ from rag.index import faiss_build
 from rag.llm.admission import GenerationBusyError
 from rag.query import QueryEngine
 from rag.service import serving
-from rag.service.auth import Principal, principal_from_headers
+from rag.service.auth import Principal
 from rag.service.guard import ServiceGuard, ServiceMetrics, audit_refusal, error_body
 from rag.service.page import add_chat_page
 from rag.service.protocol import (
