@@ -1,6 +1,7 @@
 """Audit records: what one request did, its canonical JSON form, and the hash that chains it.
 
-One record per search, ask or chat. Its content is one canonical JSON text (RFC 8785, JSON
+One record per search, ask or chat, and per compliance action (erasure, retention run, hold
+change, re-identification: :mod:`rag.lifecycle`, in the ``event`` field). Its content is one canonical JSON text (RFC 8785, JSON
 Canonicalization Scheme, through the ``rfc8785`` package) that includes ``seq`` and ``prev_hash``
 themselves, so the hash has one unambiguous input:
 
