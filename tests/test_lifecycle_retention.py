@@ -94,3 +94,14 @@ def test_the_cli_erases_what_is_due_only_once_its_period_has_passed(stores: Life
     assert receipt["receipt"]["requested"]["rules_sha256"] == load_retention(POLICIES / "retention.yaml").content_hash
     assert verify_receipt(receipt, stores.audit).ok
     assert runner.invoke(main, ["erase", "verify", str(receipt_file)]).exit_code == 0
+
+
+def test_the_code_location_schedules_the_retention_job_daily() -> None:
+    import dagster as dg
+
+    from pipelines.definitions import defs
+
+    schedule = defs.resolve_schedule_def("daily_retention")
+    assert schedule.job_name == "apply_retention_job" and schedule.cron_schedule == "30 3 * * *"
+    request = schedule.evaluate_tick(dg.build_schedule_context()).run_requests
+    assert request is not None and len(request) == 1

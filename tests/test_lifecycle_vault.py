@@ -180,3 +180,28 @@ def test_the_cli_search_renders_originals_only_for_an_allowed_group(settings: Se
     assert f"<{TOKEN}>" in nurse.output and SUBJECT not in nurse.output
     assert SUBJECT in doctor.output and TOKEN not in doctor.output
     assert [r.user for r in stores.audit.records() if r.kind == "reveal"] == ["dr"]
+
+
+def test_pseudonymisation_refuses_to_run_without_a_vault_key_and_production_refuses_a_weak_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rag.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="ENCLAVE_VAULT_KEY"):
+        Settings(environment="production", tenant_key="t" * 40, vault_key="changeme").require_secrets()
+    Settings(environment="production", tenant_key="t" * 40, vault_key=VAULT_KEY).require_secrets()
+
+    for name in ("ENCLAVE_DATABASE_URL", "ENCLAVE_AUDIT_DATABASE_URL", "ENCLAVE_HOME", "ENCLAVE_VAULT_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    shutil.copytree(Path(__file__).resolve().parent.parent / "policies", tmp_path / "policies")
+    (tmp_path / "policies" / "pseudonymised.yaml").write_text(POLICY)
+    corpus = tmp_path / "corpus"
+    shutil.copytree(Path(__file__).parent / "fixtures" / "sample-corpus", corpus)
+    settings = load_settings(home=tmp_path / "home", parse_workers=1, database_url="", audit_database_url="",
+                             policy=str(tmp_path / "policies" / "pseudonymised.yaml"))
+    components = IngestionComponents(settings)
+    try:
+        out = run_ingestion(components, FileShareSource(corpus, name="sample"), "filesystem", str(corpus))
+    finally:
+        components.close()
+    assert not out.success and "ENCLAVE_VAULT_KEY" in (out.failure or "")
+    assert components.catalog.counts().chunks == 0

@@ -1,8 +1,9 @@
 """Audit records: what one request did, its canonical JSON form, and the hash that chains it.
 
-One record per search, ask or chat. Its content is one canonical JSON text (RFC 8785, JSON
-Canonicalization Scheme, through the ``rfc8785`` package) that includes ``seq`` and ``prev_hash``
-themselves, so the hash has one unambiguous input:
+One record per search, ask or chat, and per compliance action (erasure, retention run, hold
+change, re-identification: :mod:`rag.lifecycle`, in the ``event`` field). Its content is one
+canonical JSON text (RFC 8785, JSON Canonicalization Scheme, through the ``rfc8785`` package)
+that includes ``seq`` and ``prev_hash`` themselves, so the hash has one unambiguous input:
 
     record_hash = sha256(content_utf8),  content = JCS({"v": 1, "seq": n, "prev_hash": h(n-1), ...fields})
 

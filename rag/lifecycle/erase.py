@@ -12,8 +12,8 @@ Order of work, for ``enclave erase --document URI`` and ``--subject VALUE``:
 3. Delete catalog rows (chunks cascade to the subject index), destroy the subject's vault entries,
    then rewrite: ``VACUUM`` and a truncating WAL checkpoint on SQLite (``VACUUM FULL`` on
    PostgreSQL), a compacted FAISS generation (rebuilt, no tombstones), a rebuilt BM25 generation;
-   generation directories not in force (left by a crash or copied aside) are overwritten and
-   removed.
+   generation directories older than the one in force (superseded, or copied aside) are
+   overwritten and removed.
 4. Probe: every byte under ENCLAVE_HOME and the SQLite databases (or every row of a PostgreSQL
    catalog), and searches by the erased text and vectors. Count again.
 5. Seal the receipt (:mod:`rag.lifecycle.receipts`); ``complete`` is true only when every probe
@@ -221,7 +221,11 @@ def _overwrite_and_remove(directory: Path) -> None:
 
 
 def remove_stale_generations(index_dir: Path) -> int:
-    """Overwrite and remove every generation directory the manifests do not name (and half-written manifests)."""
+    """Overwrite and remove every generation older than the one in force (superseded, or copied aside).
+
+    A directory numbered above the one in force may be an ingestion run's publish in progress, so it
+    is left alone: the next publish under that number replaces it whole (GenerationDirectory.publish).
+    """
     removed = 0
     for name in ("vectors", "bm25"):
         directory = index_dir / name
@@ -229,10 +233,9 @@ def remove_stale_generations(index_dir: Path) -> int:
             continue
         in_force = _generation(directory)
         for gen in sorted(directory.glob("gen-*")):
-            if gen.is_dir() and gen.name != in_force:
+            if gen.is_dir() and in_force is not None and gen.name < in_force:
                 _overwrite_and_remove(gen)
                 removed += 1
-        (directory / "manifest.json.tmp").unlink(missing_ok=True)
     return removed
 
 
