@@ -234,6 +234,14 @@ async def window(base_url: str, tokens: dict[str, str], rules: dict[str, Any], p
     return [s for loop in per_client for s in loop], abuse, rss
 
 
+async def warm_up(base_url: str, tokens: dict[str, str], rules: dict[str, Any]) -> None:
+    async with httpx.AsyncClient(base_url=base_url, trust_env=False) as http:
+        client = LoadClient(http, tokens, rules)
+        await client.request("ask", USERS[0], QUESTIONS[0])
+        for question in QUESTIONS:
+            await client.request("search", USERS[0], question)
+
+
 def check_audit(log: AuditLog, head_before: int, normal: list[Sample], abuse: Abuse) -> dict[str, Any]:
     by_request: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
@@ -296,9 +304,9 @@ def main() -> int:
         with running_service(env, home / "serve.log") as base_url:
             me = psutil.Process()
             [service] = [p for p in me.children(recursive=True) if "serve" in " ".join(p.cmdline())]
-            # warm-up: the first search loads the models, the first ask the generator
-            asyncio.run(window(base_url, tokens, rules, service.pid,
-                               argparse.Namespace(**{**vars(args), "seconds": 3.0}), False, args.seed))
+            # warm-up: the first search loads the models, the first ask the generator (its memory is
+            # the baseline's, not growth under abuse)
+            asyncio.run(warm_up(base_url, tokens, rules))
             head = log.head().seq
             base_samples, _, base_rss = asyncio.run(window(base_url, tokens, rules, service.pid, args, False,
                                                            args.seed + 1))

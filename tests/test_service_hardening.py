@@ -63,7 +63,15 @@ def running(settings: Settings, engine: QueryEngine) -> Iterator[str]:
     """A service on a loopback port over the shared engine (which outlives it)."""
     umask = os.umask(0o022)
     os.umask(umask)
-    app = create_app(settings, engine_factory=lambda s: engine)
+    try:
+        with running_app(create_app(settings, engine_factory=lambda s: engine), engine) as url:
+            yield url
+    finally:
+        os.umask(umask)  # create_app made it 077 for the service; the test process goes back
+
+
+@contextmanager
+def running_app(app: Any, engine: QueryEngine) -> Iterator[str]:
     port = free_loopback_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     engine_close, engine.close = engine.close, lambda: None  # type: ignore[method-assign]  # shared engine
@@ -78,7 +86,6 @@ def running(settings: Settings, engine: QueryEngine) -> Iterator[str]:
         srv.should_exit = True
         thread.join(timeout=10)
         engine.close = engine_close  # type: ignore[method-assign]  # shared engine
-        os.umask(umask)  # create_app made it 077 for the service; the test process goes back
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +184,23 @@ def test_a_failure_inside_the_engine_is_a_500_audited_once_without_the_library_t
         assert record["outcome"] == "error" and record["error_type"] == "OperationalError"
     finally:
         eng.close()
+
+
+def test_a_value_error_from_our_own_code_is_a_500_audited_once_not_a_400(ingested: Settings,
+                                                                           engine: QueryEngine) -> None:
+    from fastapi.routing import APIRoute
+
+    def buggy_search() -> None:  # a bug of ours, in front of the real search route
+        raise ValueError("bug text that quotes the question: Marlowe 415-555-0199")
+
+    app = create_app(ingested, engine_factory=lambda s: engine)
+    app.router.routes.insert(0, APIRoute("/v1/search", buggy_search, methods=["POST"]))
+    with running_app(app, engine) as url:
+        r = httpx.post(url + "/v1/search", json={"question": "visiting hours"}, headers=_auth(ingested))
+    assert r.status_code == 500 and r.json()["error"]["request_id"] == r.headers["x-request-id"]
+    assert not any(p in r.text for p in PERSONAL)
+    record = _one_record(ingested, r)
+    assert record["outcome"] == "error" and record["error_type"] == "ValueError"
 
 
 # --- 3: body limits; 422 names field and rule, never the value ------------------------------------
