@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rag.config import Settings, load_settings, secure_home
-from rag.errors import AccessDeniedError, AuthenticationError, EnclaveError
+from rag.errors import AccessDeniedError, AuthenticationError, RequestFailedError
 from rag.index import faiss_build
 from rag.llm.admission import GenerationBusyError
 from rag.query import QueryEngine
@@ -96,11 +96,6 @@ def create_app(settings: Settings | None = None,
     async def forbidden(request: Request, exc: AccessDeniedError) -> JSONResponse:
         return error_body(403, "forbidden", str(exc), request.state.request_id)
 
-    @app.exception_handler(EnclaveError)
-    async def enclave_error(request: Request, exc: EnclaveError) -> JSONResponse:
-        log.warning("request failed", extra={"request_id": request.state.request_id, "error": type(exc).__name__})
-        return error_body(500, type(exc).__name__, str(exc), request.state.request_id)
-
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         fields = [{"field": ".".join(str(p) for p in e.get("loc", ())), "rule": str(e.get("type", "")),
@@ -120,6 +115,15 @@ def create_app(settings: Settings | None = None,
     @app.exception_handler(GenerationBusyError)
     async def busy(request: Request, exc: GenerationBusyError) -> JSONResponse:
         return error_body(503, "busy", str(exc), request.state.request_id, {"Retry-After": str(exc.retry_after_s)})
+
+    @app.exception_handler(RequestFailedError)
+    async def failed(request: Request, exc: RequestFailedError) -> JSONResponse:
+        # The engine audited the failure already. A full generation queue behind an ask is the
+        # client's to retry (503), anything else is ours (500, the request id, never the cause's text).
+        if isinstance(exc.__cause__, GenerationBusyError):
+            return await busy(request, exc.__cause__)
+        return error_body(500, "request_failed", "the request failed; quote its request id to the operator",
+                          request.state.request_id)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

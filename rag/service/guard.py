@@ -215,7 +215,8 @@ class ServiceGuard:
             try:
                 await audit_refusal(scope, error_type, outcome="error")
             except Exception as audit_exc:  # noqa: BLE001  # still answer 500; the log says the audit failed
-                log.error(  # noqa: TRY400  # the type only: a traceback could quote the input"request %s: the failure could not be audited (%s)", state["request_id"],
+                # the type only (noqa TRY400): a traceback could quote the input
+                log.error("request %s: the failure could not be audited (%s)", state["request_id"],  # noqa: TRY400
                           type(audit_exc).__name__)
         if started:  # a streamed answer broke off: the client sees a truncated stream
             return
