@@ -169,6 +169,22 @@ def test_a_full_generation_queue_answers_503_with_retry_after_and_is_audited(
     assert (record["outcome"], record["error_type"]) == ("error", "GenerationBusyError")
 
 
+def test_an_ask_refused_by_a_full_generation_queue_is_503_not_500_and_audited_once(
+        server: str, ingested: Settings, engine: QueryEngine) -> None:  # noqa: F811
+    queue = engine.answerer.queue
+    held = [queue.admit() for _ in range(queue.concurrency + queue.max_waiting)]
+    try:
+        response = httpx.post(server + "/v1/ask", json={"question": "Which antiemetics are given?"},
+                              headers=_token(ingested, "onc1", ["oncology"]), timeout=120)
+    finally:
+        for ticket in held:
+            ticket.release()
+    assert response.status_code == 503 and int(response.headers["retry-after"]) >= 1
+    assert response.json()["error"]["type"] == "busy"
+    [record] = _records(ingested, response.headers["x-request-id"])
+    assert (record["outcome"], record["error_type"]) == ("error", "GenerationBusyError")
+
+
 def test_a_follow_up_is_retrieved_with_the_earlier_question_of_its_conversation(
         engine: QueryEngine, ingested: Settings) -> None:  # noqa: F811
     alone = engine.search("And at what dose?", user="onc1", groups=["oncology", "staff"], k=3)
