@@ -502,6 +502,11 @@ def print_table(summary: dict[str, Any]) -> None:
             print(f"run {r['run']} errors: {r['error_kinds']}")
         if not r["audit"]["chain_ok"]:
             print(f"run {r['run']} chain: {r['audit']['chain_problem']}")
+    for n, sw in summary["sweep"].items():
+        m = sw["median"]
+        print(f"{n:>3} clients: {m['throughput_rps']:7.1f} req/s, p50 {m['p50_ms']:7.1f} ms, "
+              f"p99 {m['p99_ms']:7.1f} ms, {m['cpu_ms_per_request']:5.1f} CPU ms/req, {sw['errors']} errors, "
+              + ("all checks pass" if sw["passed"] else "FAILED"))
     print("PASS: no errors, every 401 unaudited, one audit record per answered request, chain verifies"
           if summary["passed"] else "FAIL")
 
@@ -521,6 +526,8 @@ def main() -> int:
     ap.add_argument("--postgres", default="", metavar="ADMIN_URL",
                     help="catalog and audit log in a fresh database on this PostgreSQL server, served as an app role")
     ap.add_argument("--pad-chunks", type=int, default=0, help="synthetic chunks added to the index before serving")
+    ap.add_argument("--sweep", default="", metavar="N,N,...",
+                    help="after the --clients runs, the same runs at each of these client counts (same service)")
     ap.add_argument("--keep-home", action="store_true", help="keep the temporary ENCLAVE_HOME (prints its path)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     args = ap.parse_args()
@@ -560,6 +567,12 @@ def main() -> int:
                 results.append(result)
                 print(f"run {run}: warm-up {result.warmup_s:.1f} s, {result.ok} ok in {result.elapsed_s:.1f} s",
                       file=sys.stderr)
+            sweep: dict[int, list[RunResult]] = {}
+            for clients in (int(c) for c in args.sweep.split(",") if c.strip()):
+                swept = argparse.Namespace(**{**vars(args), "clients": clients})
+                sweep[clients] = [asyncio.run(run_once(run, target, swept)) for run in range(1, args.runs + 1)]
+                print(f"{clients} clients: {[round(r.throughput_rps, 1) for r in sweep[clients]]} req/s",
+                      file=sys.stderr)
         log.dispose()
     finally:
         if database is not None:
@@ -579,7 +592,11 @@ def main() -> int:
         "runs": [{**asdict(r), "passed": r.passed} for r in results],
         "median": {key: statistics.median(getattr(r, key) for r in results)
                    for key in ("throughput_rps", "p50_ms", "p99_ms", "cpu_ms_per_request")},
-        "passed": all(r.passed for r in results),
+        "sweep": {n: {"median": {key: statistics.median(getattr(r, key) for r in rs)
+                                 for key in ("throughput_rps", "p50_ms", "p99_ms", "cpu_ms_per_request")},
+                      "errors": sum(r.errors for r in rs), "passed": all(r.passed for r in rs)}
+                  for n, rs in sweep.items()},
+        "passed": all(r.passed for r in results) and all(r.passed for rs in sweep.values() for r in rs),
     }
     if args.json:
         print(json.dumps(summary, indent=2))
