@@ -550,8 +550,10 @@ def main() -> int:
         if args.pad_chunks:
             from pad_index import pad
 
-            print(f"padded with {args.pad_chunks} synthetic chunks in {pad(settings, args.pad_chunks):.1f} s",
-                  file=sys.stderr)
+            synthetic: dict[str, Any] = {}
+            print(f"padded with {args.pad_chunks} synthetic chunks in "
+                  f"{pad(settings, args.pad_chunks, rules=synthetic):.1f} s", file=sys.stderr)
+            rules.update({uri: AccessRule.from_json(access) for uri, access in synthetic.items()})
         if database is not None:
             # migrations as the owner, then the service connects as the app role
             upgrade_db(env, database.app_role)
