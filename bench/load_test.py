@@ -473,7 +473,8 @@ def print_table(summary: dict[str, Any]) -> None:
           f"ask share {cfg['ask_share']:g}, {cfg['unauth']} unauthenticated probes per run")
     print(f"machine: {m['platform']}, {m['cpu_count']} CPUs, {m['memory_gib']} GiB, Python {m['python']}, "
           f"torch {m['torch']} (clients and service on the same machine)")
-    print(f"setup: ingest {summary['ingest_s']:.1f} s, service ready in {summary['startup_s']:.1f} s, "
+    print(f"setup: ingest {summary['ingest_s']:.1f} s, service ready in {summary['startup_s']:.1f} s "
+          f"({summary['startup_cpu_s']:.1f} CPU s), "
           f"{cfg['workers']} worker(s), catalog and audit on {cfg['database']}, {cfg['pad_chunks']} padding chunks")
     header = (f"{'run':>4} {'requests':>8} {'ok':>6} {'errors':>6} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} "
               f"{'401/sent':>8} {'audited':>7} {'missing':>7} {'dup':>4} {'unexp':>5} {'chain':>6} {'load':>5} "
@@ -502,6 +503,11 @@ def print_table(summary: dict[str, Any]) -> None:
             print(f"run {r['run']} errors: {r['error_kinds']}")
         if not r["audit"]["chain_ok"]:
             print(f"run {r['run']} chain: {r['audit']['chain_problem']}")
+    for n, sw in summary["sweep"].items():
+        m = sw["median"]
+        print(f"{n:>3} clients: {m['throughput_rps']:7.1f} req/s, p50 {m['p50_ms']:7.1f} ms, "
+              f"p99 {m['p99_ms']:7.1f} ms, {m['cpu_ms_per_request']:5.1f} CPU ms/req, {sw['errors']} errors, "
+              + ("all checks pass" if sw["passed"] else "FAILED"))
     print("PASS: no errors, every 401 unaudited, one audit record per answered request, chain verifies"
           if summary["passed"] else "FAIL")
 
@@ -521,6 +527,8 @@ def main() -> int:
     ap.add_argument("--postgres", default="", metavar="ADMIN_URL",
                     help="catalog and audit log in a fresh database on this PostgreSQL server, served as an app role")
     ap.add_argument("--pad-chunks", type=int, default=0, help="synthetic chunks added to the index before serving")
+    ap.add_argument("--sweep", default="", metavar="N,N,...",
+                    help="after the --clients runs, the same runs at each of these client counts (same service)")
     ap.add_argument("--keep-home", action="store_true", help="keep the temporary ENCLAVE_HOME (prints its path)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     args = ap.parse_args()
@@ -542,8 +550,10 @@ def main() -> int:
         if args.pad_chunks:
             from pad_index import pad
 
-            print(f"padded with {args.pad_chunks} synthetic chunks in {pad(settings, args.pad_chunks):.1f} s",
-                  file=sys.stderr)
+            synthetic: dict[str, Any] = {}
+            print(f"padded with {args.pad_chunks} synthetic chunks in "
+                  f"{pad(settings, args.pad_chunks, rules=synthetic):.1f} s", file=sys.stderr)
+            rules.update({uri: AccessRule.from_json(access) for uri, access in synthetic.items()})
         if database is not None:
             # migrations as the owner, then the service connects as the app role
             upgrade_db(env, database.app_role)
@@ -552,13 +562,20 @@ def main() -> int:
         started = time.perf_counter()
         with running_service(env, home / "serve.log", args.workers) as (base_url, pid):
             startup_s = time.perf_counter() - started
-            print(f"service ready at {base_url} in {startup_s:.1f} s", file=sys.stderr)
+            startup_cpu_s = process_tree_cpu_s(pid)  # CPU to readiness: what a quiet machine's wall time nears
+            print(f"service ready at {base_url} in {startup_s:.1f} s ({startup_cpu_s:.1f} CPU s)", file=sys.stderr)
             target = Target(base_url, tokens, rules, unauthenticated_headers(settings), log, pid)
             results = []
             for run in range(1, args.runs + 1):
                 result = asyncio.run(run_once(run, target, args))
                 results.append(result)
                 print(f"run {run}: warm-up {result.warmup_s:.1f} s, {result.ok} ok in {result.elapsed_s:.1f} s",
+                      file=sys.stderr)
+            sweep: dict[int, list[RunResult]] = {}
+            for clients in (int(c) for c in args.sweep.split(",") if c.strip()):
+                swept = argparse.Namespace(**{**vars(args), "clients": clients})
+                sweep[clients] = [asyncio.run(run_once(run, target, swept)) for run in range(1, args.runs + 1)]
+                print(f"{clients} clients: {[round(r.throughput_rps, 1) for r in sweep[clients]]} req/s",
                       file=sys.stderr)
         log.dispose()
     finally:
@@ -575,11 +592,15 @@ def main() -> int:
                    "policy": args.policy, "users": len(USERS), "questions": len(QUESTIONS),
                    "workers": args.workers, "database": "postgresql" if args.postgres else "sqlite",
                    "pad_chunks": args.pad_chunks},
-        "machine": machine_info(), "ingest_s": ingest_s, "startup_s": startup_s,
+        "machine": machine_info(), "ingest_s": ingest_s, "startup_s": startup_s, "startup_cpu_s": startup_cpu_s,
         "runs": [{**asdict(r), "passed": r.passed} for r in results],
         "median": {key: statistics.median(getattr(r, key) for r in results)
                    for key in ("throughput_rps", "p50_ms", "p99_ms", "cpu_ms_per_request")},
-        "passed": all(r.passed for r in results),
+        "sweep": {n: {"median": {key: statistics.median(getattr(r, key) for r in rs)
+                                 for key in ("throughput_rps", "p50_ms", "p99_ms", "cpu_ms_per_request")},
+                      "errors": sum(r.errors for r in rs), "passed": all(r.passed for r in rs)}
+                  for n, rs in sweep.items()},
+        "passed": all(r.passed for r in results) and all(r.passed for rs in sweep.values() for r in rs),
     }
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -17,6 +17,7 @@ import hashlib
 import random
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 from sqlalchemy import insert
@@ -36,8 +37,12 @@ GROUPS = ["staff", "oncology", "finance", "hr"] + [f"ward-{i}" for i in range(1,
 CHUNKS_PER_DOCUMENT = 50
 
 
-def pad(settings: Settings, chunks: int, seed: int = 0) -> float:
-    """Add ``chunks`` synthetic chunks and resync both indexes; returns the seconds it took."""
+def pad(settings: Settings, chunks: int, seed: int = 0, rules: dict[str, Any] | None = None) -> float:
+    """Add ``chunks`` synthetic chunks and resync both indexes; returns the seconds it took.
+
+    ``rules``, when given, receives each synthetic document's uri and access rule (JSON form), so a
+    load test can judge hits on them as it judges the corpus's own.
+    """
     started = time.perf_counter()
     rng = random.Random(seed)
     vectors = np.random.default_rng(seed)
@@ -51,6 +56,8 @@ def pad(settings: Settings, chunks: int, seed: int = 0) -> float:
             n = min(CHUNKS_PER_DOCUMENT, chunks - start)
             access = {"public": True} if rng.random() < 0.125 else {"groups": rng.sample(GROUPS, 2)}
             uri = f"synthetic/doc-{start // CHUNKS_PER_DOCUMENT:06d}.txt"
+            if rules is not None:
+                rules[uri] = access
             doc_id = conn.execute(insert(Document).values(
                 source_id=source_id, uri=uri, sha256=hashlib.sha256(uri.encode()).hexdigest(), size=0, version=1,
                 access=access, policy_name="synthetic", policy_hash="0" * 64, pipeline_version="synthetic",

@@ -78,13 +78,13 @@ def main() -> None:
         search(i)
     retriever = engine.retriever
     redacted = [retriever.redact_question(q) for q in QUESTIONS]
-    vectors = [engine.embedder.embed([r]) for r in redacted]
+    vectors = [engine.embedder.embed_query(r) for r in redacted]
     groups = [list(USERS[i % len(USERS)].groups) for i in range(len(USERS))]
     allowed = [retriever.access.allowed(g) for g in groups]
     stages = [
         _stage("search, end to end (audited)", search, n),
         _stage("  redact question", lambda i: retriever.redact_question(QUESTIONS[i % len(QUESTIONS)]), n),
-        _stage("  embed question", lambda i: engine.embedder.embed([redacted[i % len(redacted)]]), n),
+        _stage("  embed question", lambda i: engine.embedder.embed_query(redacted[i % len(redacted)]), n),
         _stage("  access filter", lambda i: retriever.access.allowed(groups[i % len(groups)]), n),
         _stage("  dense search", lambda i: engine.index.search(vectors[i % len(vectors)], 50,
                                                                allowed_ids=allowed[i % len(allowed)]), n),

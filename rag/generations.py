@@ -38,28 +38,14 @@ def write_durably(path: Path, data: bytes) -> None:
 class GenerationDirectory:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
-        # The last manifest read and the stat it was read under: the query side asks on every
-        # request, and a stat costs microseconds where reading and parsing the file does not.
-        # os.replace gives the new manifest a new inode, so a switch is always seen.
-        self._seen: tuple[tuple[int, int, int], dict[str, Any]] | None = None
 
     def manifest(self) -> dict[str, Any] | None:
         """The manifest in force, or None before the first generation."""
         path = self.directory / MANIFEST
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
+        if not path.exists():
             return None
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
-        seen = self._seen
-        if seen is not None and seen[0] == key:
-            return dict(seen[1])
-        try:
-            manifest: dict[str, Any] = json.loads(path.read_text())
-        except FileNotFoundError:  # switched (or removed) between the stat and the read
-            return self.manifest()
-        self._seen = (key, manifest)
-        return dict(manifest)
+        manifest: dict[str, Any] = json.loads(path.read_text())
+        return manifest
 
     def path(self, manifest: Mapping[str, Any]) -> Path:
         """The generation directory a manifest names."""
