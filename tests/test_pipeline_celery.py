@@ -69,6 +69,7 @@ def _step_executions(instance: dg.DagsterInstance, run_id: str) -> list[tuple[st
     return found
 
 
+@pytest.mark.slow  # two workers and a single-process baseline: minutes
 def test_celery_run_on_two_workers_survives_a_killed_worker_and_matches_a_single_process_run(
         enclave_home: Path, tmp_path: Path, sample_corpus: Path, catalog_url: str, dagster_storage_url: str,
         monkeypatch: pytest.MonkeyPatch) -> None:

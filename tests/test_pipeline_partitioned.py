@@ -79,6 +79,7 @@ def test_every_uri_falls_in_exactly_one_partition() -> None:
     assert min(sum(p.holds_uri(u) for u in uris) for p in parts) > 30  # the hash spreads them
 
 
+@pytest.mark.slow  # one process per step on 2 cores: minutes
 def test_partitioned_multiprocess_run_gives_the_catalog_and_index_of_a_single_process_run(
         enclave_home: Path, tmp_path: Path, sample_corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     single, parted = tmp_path / "single", tmp_path / "parted"
@@ -96,6 +97,7 @@ def test_partitioned_multiprocess_run_gives_the_catalog_and_index_of_a_single_pr
     assert_same_vectors(got_vectors, expected_vectors)
 
 
+@pytest.mark.slow  # one process per step on 2 cores: minutes
 def test_a_partitioned_reingest_applies_changes_and_deletions_like_the_single_process_job(
         enclave_home: Path, tmp_path: Path, sample_corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     single, parted = tmp_path / "single", tmp_path / "parted"
