@@ -79,6 +79,7 @@ def test_every_uri_falls_in_exactly_one_partition() -> None:
     assert min(sum(p.holds_uri(u) for u in uris) for p in parts) > 30  # the hash spreads them
 
 
+@pytest.mark.slow  # one process per step on 2 cores: minutes
 def test_partitioned_multiprocess_run_gives_the_catalog_and_index_of_a_single_process_run(
         enclave_home: Path, tmp_path: Path, sample_corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     single, parted = tmp_path / "single", tmp_path / "parted"
@@ -96,6 +97,7 @@ def test_partitioned_multiprocess_run_gives_the_catalog_and_index_of_a_single_pr
     assert_same_vectors(got_vectors, expected_vectors)
 
 
+@pytest.mark.slow  # one process per step on 2 cores: minutes
 def test_a_partitioned_reingest_applies_changes_and_deletions_like_the_single_process_job(
         enclave_home: Path, tmp_path: Path, sample_corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     single, parted = tmp_path / "single", tmp_path / "parted"
@@ -121,3 +123,31 @@ def test_an_empty_plan_still_publishes_so_deletions_reach_the_index() -> None:
                      still_quarantined=0)
     assert busy_partitions(empty, 8) == [Partition(0, 8)]
     assert manifest_part(empty, Partition(0, 8)).deleted == ("gone.txt",)
+
+
+def test_a_retried_partition_rewrites_nothing_and_counts_what_the_lost_attempt_wrote(
+        enclave_home: Path, sample_corpus: Path) -> None:
+    from connectors.filesystem import FileShareSource
+    from rag.ingest import IngestionComponents, plan_run, start_run
+    from rag.partitions import redact_part
+
+    components = IngestionComponents(Settings(home=enclave_home))
+    catalog = components.catalog
+    connector = FileShareSource(sample_corpus, name="sample")
+    run_id = start_run(connector, "filesystem", str(sample_corpus), catalog, components.policy(), components.version)
+    planned = plan_run(run_id, connector, catalog, components.redaction.policies_dir)
+    whole = Partition(0, 1)
+
+    def written() -> list[tuple[str, int, int]]:
+        with catalog.session() as s:
+            return sorted((uri, version, chunk_id) for uri, version, chunk_id in
+                          s.execute(select(Document.uri, Document.version, Chunk.id).join(Chunk)))
+
+    first = redact_part(planned, whole, connector, catalog, components.redaction).run_fields()
+    state = written()
+    retried = redact_part(planned, whole, connector, catalog, components.redaction).run_fields()
+    components.close()
+    assert written() == state  # same versions, same chunk ids: nothing stored twice
+    assert {k: v for k, v in retried.items() if k != "redact_seconds"} == \
+        {k: v for k, v in first.items() if k != "redact_seconds"}
+    assert first["documents_written"] == 6 and first["quarantined"] == 1
