@@ -160,13 +160,17 @@ def test_a_full_generation_queue_answers_503_with_retry_after_and_is_audited(
     held = [queue.admit() for _ in range(queue.concurrency + queue.max_waiting)]  # the line is full
     try:
         response = _stream(server, ingested, [{"role": "user", "content": "Which antiemetics are given?"}])
+        ask = httpx.post(server + "/v1/ask", json={"question": "Which antiemetics are given?"}, timeout=60,
+                         headers=_token(ingested, "onc1", ["oncology"]))
     finally:
         for ticket in held:
             ticket.release()
     assert response.status_code == 503 and int(response.headers["retry-after"]) >= 1
     assert response.json()["error"]["type"] == "busy"
-    [record] = _records(ingested, response.headers["x-request-id"])
-    assert (record["outcome"], record["error_type"]) == ("error", "GenerationBusyError")
+    assert ask.status_code == 503 and "retry-after" in ask.headers  # the whole-answer route shares the queue
+    for reply in (response, ask):
+        [record] = _records(ingested, reply.headers["x-request-id"])
+        assert (record["outcome"], record["error_type"]) == ("error", "GenerationBusyError")
 
 
 def test_a_follow_up_is_retrieved_with_the_earlier_question_of_its_conversation(
