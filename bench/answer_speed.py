@@ -1,6 +1,6 @@
 """Answer speed of the chat assistant: time to first token and total time, on the embedded default.
 
-    flock /tmp/bench.lock python bench/answer_speed.py [--asks 3] [--k 5] [--json]
+    flock /tmp/bench.lock python bench/answer_speed.py [--asks 2] [--k 3] [--json]
 
 What it measures: for each question of a fixed set over the sample corpus (each asked by a user
 whose groups may read its answer), the chat path the page and ``/v1/chat/completions`` use
@@ -24,6 +24,7 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,7 +42,7 @@ QUESTIONS: list[tuple[str, list[str]]] = [
 CONVERSATION = [("Which antiemetics are given before FOLFOX?", ["oncology"]), ("And at what dose?", ["oncology"])]
 
 
-def _timed_ask(engine: Any, question: str, groups: list[str], earlier: list[str], k: int) -> dict[str, Any]:
+def _timed_ask(engine: Any, question: str, groups: list[str], earlier: list[str], k: int | None) -> dict[str, Any]:
     from rag.answer import AnswerDelta
     from rag.conversation import AnswerDone, open_answer_stream
 
@@ -58,17 +59,19 @@ def _timed_ask(engine: Any, question: str, groups: list[str], earlier: list[str]
     total = time.perf_counter() - started
     assert done is not None
     gen = done.answer.generation
-    return {"question": question, "turns_used": stream.turns_used, "outcome": done.answer.outcome,
+    row = {"question": question, "turns_used": stream.turns_used, "outcome": done.answer.outcome,
             "retrieve_and_audit_s": round(opened, 3), "first_token_s": round(first if first is not None else total, 3),
             "total_s": round(total, 3), "prompt_tokens": gen.prompt_tokens if gen else 0,
             "completion_tokens": gen.completion_tokens if gen else 0,
             "passages_shown": len(done.answer.shown_passage_ids)}
+    print(json.dumps(row), file=sys.stderr, flush=True)  # progress, and what survives an interrupted run
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--asks", type=int, default=3, help="times each question is asked (median over all)")
-    parser.add_argument("--k", type=int, default=5, help="passages retrieved for the prompt (the chat default: 5)")
+    parser.add_argument("--asks", type=int, default=2, help="times each question is asked (median over all)")
+    parser.add_argument("--k", type=int, default=None, help="passages in the prompt (default: ENCLAVE_CHAT_PASSAGES)")
     parser.add_argument("--max-tokens", type=int, default=None, help="ENCLAVE_LLM_MAX_TOKENS (default: the setting's)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -111,7 +114,7 @@ def main() -> None:
 
     report = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "processor": platform.processor()},
-        "settings": {"k": args.k, "llm_max_tokens": settings.llm_max_tokens,
+        "settings": {"k": args.k or settings.chat_passages, "llm_max_tokens": settings.llm_max_tokens,
                      "llm_context_tokens": settings.llm_context_tokens, "llm_backend": settings.llm_backend},
         "load_and_first_ask_s": round(warm_up_s, 2),
         "asks": len(asks),

@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     llm_concurrency: int = Field(default=1, ge=1)
     llm_queue_max: int = Field(default=8, ge=0)
     chat_history_turns: int = Field(default=2, ge=0, le=8)
+    # Passages in a chat prompt: each costs prompt evaluation before the first token (about 1 s
+    # per 250 tokens for the embedded model on 2 cores; bench/answer_speed.py).
+    chat_passages: int = Field(default=3, ge=1, le=20)
     chat_sources_block: bool = False
     rerank: bool = False
     # Query service processes (`enclave serve --workers`), and the torch threads each embeds a

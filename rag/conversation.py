@@ -110,12 +110,14 @@ class AnswerStream:
 
 
 def open_answer_stream(engine: QueryEngine, question: str, *, earlier: Sequence[str] = (), user: str,
-                       groups: Sequence[str], k: int = 5, purpose: str | None = None, request_id: str | None = None,
-                       via: str | None = None) -> AnswerStream:
+                       groups: Sequence[str], k: int | None = None, purpose: str | None = None,
+                       request_id: str | None = None, via: str | None = None) -> AnswerStream:
     """Retrieve, admit and commit the prompt record of one chat turn; the answer streams on iteration.
 
-    Raises what retrieval or admission raised (:class:`~rag.llm.admission.GenerationBusyError`
-    when the generation queue is full), after an audit record of the failure."""
+    ``k`` passages are retrieved (default: ``chat_passages``, fewer than ``/v1/ask``'s five: each
+    is prompt the model evaluates before its first token). Raises what retrieval or admission
+    raised (:class:`~rag.llm.admission.GenerationBusyError` when the generation queue is full),
+    after an audit record of the failure."""
     started = time.perf_counter()
     request_id = request_id or uuid.uuid4().hex
     g = tuple(sorted(set(groups)))
@@ -124,7 +126,7 @@ def open_answer_stream(engine: QueryEngine, question: str, *, earlier: Sequence[
                               "purpose": purpose, "question": question, "via": via, "started": started}
     result: SearchResult | None = None
     try:
-        result = engine.retriever.search(text, g, k=k, mode="hybrid")
+        result = engine.retriever.search(text, g, k=k or engine.settings.chat_passages, mode="hybrid")
         passages = [_passage(i, h) for i, h in enumerate(result.hits)]
         answerer = engine.answerer
         if not passages:

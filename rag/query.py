@@ -28,7 +28,7 @@ from rag.audit import AuditEntry, AuditLog, AuditRecord, Kind, Outcome, Retrieve
 from rag.catalog.store import CatalogStore
 from rag.config import Settings
 from rag.embedding import SentenceTransformerEmbedder
-from rag.errors import RequestFailedError
+from rag.errors import GenerationError, RequestFailedError
 from rag.index import FaissIndex
 from rag.lexical import Bm25Index
 from rag.lifecycle.subjects import without_tokens
@@ -89,6 +89,14 @@ class QueryEngine:
     def warm_up(self) -> None:
         self.redactor.warm_up()
         self.embedder.warm_up_query()
+        # Load the model now, not in the first reader's time to first token. A model server that
+        # is down is not a reason to refuse to start: each answer then says so (outcome "error").
+        warm = getattr(self.answerer.generator, "warm_up", None)
+        if warm is not None:
+            try:
+                warm()
+            except GenerationError as exc:
+                log.warning("the model is not ready: %s", exc)
 
     @property
     def answerer(self) -> Answerer:

@@ -77,6 +77,7 @@ function openPassage(c) {
   $("passage-access").textContent = c.access || "—";
   $("passage-excerpt").textContent = c.excerpt;
   show("passage", true);
+  document.body.classList.add("reading");
 }
 
 function renderFinal(li, body, last) {
@@ -202,6 +203,9 @@ document.addEventListener("DOMContentLoaded", () => {
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("ask-form").requestSubmit(); }
   });
   $("new-conversation").addEventListener("click", () => { state.history = []; $("conversation").textContent = ""; });
-  $("passage-close").addEventListener("click", () => show("passage", false));
+  $("passage-close").addEventListener("click", () => {
+    show("passage", false);
+    document.body.classList.remove("reading");
+  });
   start();
 });
