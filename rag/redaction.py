@@ -326,7 +326,7 @@ def propagate_lists(text: str, findings: list[Finding]) -> list[Finding]:
 
 
 def without_ordinary_names(text: str, findings: list[Finding], vocabulary: VocabularyDetector,
-                           detectors: tuple[str, ...]) -> list[Finding]:
+                           detectors: tuple[str, ...], rescue: bool = False) -> list[Finding]:
     """``findings`` without the PERSON spans of ``detectors`` that hold no name.
 
     spaCy's small model and the name structures (a speaker label, a line holding only capitalised
@@ -335,13 +335,24 @@ def without_ordinary_names(text: str, findings: list[Finding], vocabulary: Vocab
     (:meth:`~rag.vocabulary.VocabularyDetector.ordinary_span`), is dropped; the vocabulary
     detector judges the same words by its own rules. The residual check applies the same
     judgement, so that it does not quarantine what redaction rightly left.
+
+    ``rescue``: Presidio drops a finding contained in a larger one of the same type, so a name the
+    vocabulary detector found inside a dropped span ("Larsen" in NER's "Larsen, L. J. CA620703")
+    is lost with it; the vocabulary detector's findings inside dropped spans are put back.
     """
     candidates = [f for f in findings if f.entity_type == "PERSON" and f.detector.startswith(detectors)]
     if not candidates:
         return findings
     lower_words = vocabulary.lower_case_words(text)
-    dropped = {id(f) for f in candidates if vocabulary.ordinary_span(text, f.start, f.end, lower_words)}
-    return [f for f in findings if id(f) not in dropped] if dropped else findings
+    dropped = [f for f in candidates if vocabulary.ordinary_span(text, f.start, f.end, lower_words)]
+    if not dropped:
+        return findings
+    ids = {id(f) for f in dropped}
+    kept = [f for f in findings if id(f) not in ids]
+    if rescue:
+        kept += [Finding(v.entity_type, v.start, v.end, v.score, f"vocabulary-{v.reason}")
+                 for v in vocabulary.detect(text) if any(v.start < d.end and d.start < v.end for d in dropped)]
+    return kept
 
 
 _PLACEHOLDER_GAP = re.compile(r"[ \t]{4,}")
@@ -572,7 +583,8 @@ class PresidioRedactor:
         """Without NER's and the structures' names that hold no name (:func:`without_ordinary_names`)."""
         if self._vocabulary is None or self.policy.strict:
             return findings
-        return without_ordinary_names(text, findings, self._vocabulary, _NER_DETECTORS + STRUCTURE_DETECTORS)
+        return without_ordinary_names(text, findings, self._vocabulary, _NER_DETECTORS + STRUCTURE_DETECTORS,
+                                      rescue=True)
 
     def _passing(self, text: str, findings: list[Finding]) -> list[Finding]:
         kept = []

@@ -295,3 +295,11 @@ def test_strict_policy_fails_closed_on_domain_words_the_default_keeps(default_re
     strict = PresidioRedactor(load_policy("strict", POLICIES))
     assert _placeholders(default_redactor.redact_text(FINANCIAL).text) == []
     assert "<PERSON>" in _placeholders(strict.redact_text(FINANCIAL).text)
+
+
+def test_a_name_inside_an_ner_span_dropped_for_its_digits_is_still_redacted(
+        default_redactor: PresidioRedactor) -> None:
+    # spaCy reads "Larsen, L. J.\n\nCA620703" as one PERSON span; it is dropped for its digits,
+    # and the vocabulary detector's "Larsen" inside it (deduplicated by Presidio) is put back
+    text = "Cost savings have been realized.\n\nCACM July,1962\n\nLarsen, L. J.\n\nCA620703 JB March 17, 1978"
+    assert "Larsen" not in default_redactor.redact_text(text).text
