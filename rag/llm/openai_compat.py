@@ -235,7 +235,7 @@ class OpenAICompatibleGenerator:
                 if piece:
                     pieces.append(piece)
                     yield TextDelta(piece)
-        except httpx.TimeoutException as exc:
+        except (httpx.TimeoutException, openai.APITimeoutError) as exc:  # the client wraps httpx's mid-stream
             raise GeneratorFailedError(
                 GenerationFailure.TIMEOUT, BACKEND, f"the stream from {self.base_url} stalled past {self.timeout_s}s"
             ) from exc
