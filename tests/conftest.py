@@ -109,6 +109,14 @@ def postgres_url() -> Iterator[str]:
                                  'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def own_postgres_url() -> Iterator[str]:
+    """A PostgreSQL database of this test's own, for a test that counts everything a catalog holds
+    (the session's ``postgres_url`` is shared by every test module that ingests into it)."""
+    yield from _scratch_database("ENCLAVE_TEST_POSTGRES_URL", 'CREATE DATABASE "{name}"',
+                                 'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session")
 def mariadb_url() -> Iterator[str]:
     """A fresh MariaDB/MySQL database for this session (ENCLAVE_TEST_MARIADB_URL, mysql+pymysql://...)."""

@@ -141,8 +141,10 @@ def test_default_groups_apply_where_no_access_file_does(enclave_home: Path, samp
     assert doc.access == {"groups": ["staff"]}
 
 
-def test_ingest_works_the_same_on_postgresql(tmp_path: Path, sample_corpus: Path, postgres_url: str,
+@pytest.mark.postgres
+def test_ingest_works_the_same_on_postgresql(tmp_path: Path, sample_corpus: Path, own_postgres_url: str,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    postgres_url = own_postgres_url
     monkeypatch.setenv("ENCLAVE_HOME", str(tmp_path / "pg-home"))
     monkeypatch.setenv("ENCLAVE_DATABASE_URL", postgres_url)
     first = run_ingest(str(sample_corpus), source_name="sample")
