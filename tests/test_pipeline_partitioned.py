@@ -64,6 +64,9 @@ def run_partitioned(home: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch, d
     dagster_dir.mkdir(exist_ok=True)
     with dg.instance_for_test(temp_dir=str(dagster_dir)) as instance:
         run_config = partitioned_run_config(path=str(corpus), source_name="sample", **config)
+        # The forkserver outlives this test and keeps the environment it started with, so the
+        # home goes to the step processes in the run's config, not only in ENCLAVE_HOME.
+        run_config.setdefault("resources", {})["enclave"] = {"config": {"home": str(home)}}
         # a forkserver that imported the job once: each step process starts in a second, not twenty
         run_config["execution"] = {"config": {"start_method": {"forkserver": {
             "preload_modules": ["pipelines.partitioned", "rag.embedding", "rag.redaction"]}}}}
