@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export DO_NOT_TRACK := true
 export SCARF_NO_ANALYTICS := true
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-extended lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest tests
+
+# The costly repeats that CI's time budget leaves out (pyproject.toml: marker `extended`).
+test-extended: install
+	$(PY) -m pytest tests -m extended
 
 lint: install
 	$(VENV)/bin/ruff check rag connectors pipelines tests bench

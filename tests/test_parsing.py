@@ -138,6 +138,7 @@ def test_pgp_encrypted_email_is_quarantined_encrypted() -> None:
 
 @pytest.mark.shared
 @pytest.mark.slow
+@pytest.mark.extended  # test_ingest_robustness ingests the same 175 files through the same pool
 def test_every_shared_document_is_parsed_or_quarantined_through_the_pool() -> None:
     files = sorted(p for p in shared_path("corpus", "documents").iterdir() if p.is_file())
     jobs = [FileJob(key=p.name, filename=p.name, data=p.read_bytes()) for p in files]

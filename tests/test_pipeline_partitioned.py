@@ -83,6 +83,7 @@ def test_every_uri_falls_in_exactly_one_partition() -> None:
 
 
 @pytest.mark.slow  # one process per step on 2 cores: minutes
+@pytest.mark.extended  # test_pipeline_celery runs the same job on 2 workers against a single-process run
 def test_partitioned_multiprocess_run_gives_the_catalog_and_index_of_a_single_process_run(
         enclave_home: Path, tmp_path: Path, sample_corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     single, parted = tmp_path / "single", tmp_path / "parted"
@@ -101,6 +102,7 @@ def test_partitioned_multiprocess_run_gives_the_catalog_and_index_of_a_single_pr
 
 
 @pytest.mark.slow  # one process per step on 2 cores: minutes
+@pytest.mark.extended  # the celery test and the retry test cover the partitioned path in the default run
 def test_a_partitioned_reingest_applies_changes_and_deletions_like_the_single_process_job(
         enclave_home: Path, tmp_path: Path, sample_corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     single, parted = tmp_path / "single", tmp_path / "parted"
