@@ -38,7 +38,7 @@ from connectors.base import AccessRule
 from rag.answer import Answer, AnswerDelta, Passage, Prompt
 from rag.audit import AuditRecord
 from rag.catalog.models import Chunk
-from rag.query import _passage
+from rag.query import passage_of
 
 if TYPE_CHECKING:
     from rag.llm.admission import Ticket
@@ -127,23 +127,23 @@ def open_answer_stream(engine: QueryEngine, question: str, *, earlier: Sequence[
     result: SearchResult | None = None
     try:
         result = engine.retriever.search(text, g, k=k or engine.settings.chat_passages, mode="hybrid")
-        passages = [_passage(i, h) for i, h in enumerate(result.hits)]
+        passages = [passage_of(i, h) for i, h in enumerate(result.hits)]
         answerer = engine.answerer
         if not passages:
             answer = answerer.no_results()
-            record = engine.audit.append(engine._entry(result=result, shown=set(), outcome="no_results",
+            record = engine.audit.append(engine.audit_entry(result=result, shown=set(), outcome="no_results",
                                                        answer=answer, extra={"turns_used": turns}, **common))
             return AnswerStream(request_id, result, passages, None, turns, iter([AnswerDone(answer, record)]))
         prompt = answerer.prompt(result.question, passages, turns)
         ticket = answerer.queue.admit()
     except Exception as exc:
-        engine.audit.append(engine._entry(result=result, shown=set(), outcome="error", error_type=type(exc).__name__,
-                                          extra={"turns_used": turns}, **common))
+        engine.audit.append(engine.audit_entry(result=result, shown=set(), outcome="error",
+                                               error_type=type(exc).__name__, extra={"turns_used": turns}, **common))
         raise
     shown = {p.chunk_id for p in prompt.shown}
     generator = answerer.generator
     try:
-        prompt_record = engine.audit.append(engine._entry(
+        prompt_record = engine.audit.append(engine.audit_entry(
             result=result, shown=shown, outcome="pending", **common,
             extra={"stage": "prompt", "turns_used": turns, "prompt_template_version": prompt.template_version,
                    "llm_model": _model_name(generator), "llm_weights_hash": getattr(generator, "model_hash", None)}))
@@ -181,18 +181,18 @@ def _answer_events(engine: QueryEngine, ticket: Ticket, prompt: Prompt, passages
                 else:
                     yield event
     except GeneratorExit:  # the reader went away: stop generating, and say so in the chain
-        engine.audit.append(engine._entry(result=result, shown=shown, outcome="error",
+        engine.audit.append(engine.audit_entry(result=result, shown=shown, outcome="error",
                                           error_type="ClientDisconnected", extra=extra, **common))
         raise
     except Exception as exc:
-        engine.audit.append(engine._entry(result=result, shown=shown, outcome="error",
+        engine.audit.append(engine.audit_entry(result=result, shown=shown, outcome="error",
                                           error_type=type(exc).__name__, extra=extra, **common))
         raise
     finally:
         ticket.release()
     if answer is None:
         raise AssertionError("unreachable: Answerer.stream always ends with an Answer")
-    record = engine.audit.append(engine._entry(result=result, shown=shown, outcome=answer.outcome, answer=answer,
+    record = engine.audit.append(engine.audit_entry(result=result, shown=shown, outcome=answer.outcome, answer=answer,
                                                error_type=answer.error, extra=extra, **common))
     yield AnswerDone(answer, record)
 

@@ -129,10 +129,10 @@ class QueryEngine:
             return "none:not-redacted"
         return "sha256-redacted:" + hashlib.sha256(redacted.encode("utf-8", "surrogatepass")).hexdigest()
 
-    def _entry(self, *, kind: Kind, request_id: str, user: str, groups: tuple[str, ...], purpose: str | None,
-               question: str, result: SearchResult | None, shown: set[int], outcome: Outcome, started: float,
-               via: str | None, answer: Answer | None = None, error_type: str | None = None,
-               extra: dict[str, Any] | None = None) -> AuditEntry:
+    def audit_entry(self, *, kind: Kind, request_id: str, user: str, groups: tuple[str, ...], purpose: str | None,
+                    question: str, result: SearchResult | None, shown: set[int], outcome: Outcome, started: float,
+                    via: str | None, answer: Answer | None = None, error_type: str | None = None,
+                    extra: dict[str, Any] | None = None) -> AuditEntry:
         """The audit entry of one request; ``extra`` sets further AuditEntry fields (rag.conversation's
         prompt/answer stages and turns, the model named before it answered)."""
         gen = answer.generation if answer is not None else None
@@ -179,7 +179,7 @@ class QueryEngine:
             raise self._failed(kind=kind, request_id=request_id, user=user, groups=g, purpose=purpose_redacted,
                                question=question, result=None, started=started, via=via, exc=exc) from exc
         outcome: Outcome = "ok" if result.hits else "no_results"
-        record = self.audit.append(self._entry(kind=kind, request_id=request_id, user=user, groups=g,
+        record = self.audit.append(self.audit_entry(kind=kind, request_id=request_id, user=user, groups=g,
                                                purpose=purpose_redacted, question=question, result=result,
                                                shown=set(), outcome=outcome, started=started, via=via))
         return AuditedSearch(result, record, request_id)
@@ -196,14 +196,14 @@ class QueryEngine:
         try:
             purpose_redacted = self._redact_purpose(purpose)
             result = self.retriever.search(question, g, k=k, mode="hybrid")
-            passages = [_passage(i, h) for i, h in enumerate(result.hits)]
+            passages = [passage_of(i, h) for i, h in enumerate(result.hits)]
             answer = self.answerer.answer(result.question, passages)
         except Exception as exc:
             raise self._failed(kind=kind, request_id=request_id, user=user, groups=g, purpose=purpose_redacted,
                                question=question, result=result, started=started, via=via, exc=exc) from exc
         by_label = {p.passage_id: p.chunk_id for p in passages}
         shown = {by_label[pid] for pid in answer.shown_passage_ids if pid in by_label}
-        record = self.audit.append(self._entry(kind=kind, request_id=request_id, user=user, groups=g,
+        record = self.audit.append(self.audit_entry(kind=kind, request_id=request_id, user=user, groups=g,
                                                purpose=purpose_redacted, question=question, result=result,
                                                shown=shown,
                                                outcome=answer.outcome, started=started, via=via, answer=answer,
@@ -272,7 +272,7 @@ def valid_unicode(text: str) -> str:
     return text
 
 
-def _passage(i: int, h: Hit) -> Passage:
+def passage_of(i: int, h: Hit) -> Passage:
     return Passage(passage_id=f"P{i + 1}", chunk_id=h.chunk_id, document_id=h.document_id, source_uri=h.source_uri,
                    text=h.text)
 
