@@ -119,9 +119,17 @@ class Settings(BaseSettings):
     # Query service processes (`enclave serve --workers`), and the torch threads each embeds a
     # question with (0: one). One question is too small a matrix for a second thread to help, and
     # on the loaded 2-core machine two threads cost 200 ms of CPU per question instead of 14 ms
-    # (OpenMP workers spinning; bench/RESULTS.md); requests run in parallel threads instead.
+    # (OpenMP workers spinning; bench/RESULTS.md).
     service_workers: int = Field(default=1, ge=1)
     query_threads: int = Field(default=0, ge=0)
+    # Questions of concurrent searches redacted and embedded together in one thread, up to this
+    # many at a time (rag.questions); 1: each in its request's own thread.
+    query_batch: int = Field(default=16, ge=1, le=256)
+    # How the service embeds questions (rag.onnx_query): "auto" runs the exported ONNX graph where
+    # onnxruntime is installed and the model qualifies, "torch" never does, "onnx" insists on it.
+    query_encoder: Literal["auto", "onnx", "torch"] = "auto"
+    # Where that graph is kept (default ENCLAVE_HOME/models); several homes of one model may share one.
+    query_models_dir: Path | None = None
     rerank_model: str = ""
     jwt_key: SecretStr = SecretStr("")
     jwt_algorithm: str = "HS256"
@@ -176,6 +184,11 @@ class Settings(BaseSettings):
     @property
     def index_dir(self) -> Path:
         return self.home / "index"
+
+    @property
+    def models_dir(self) -> Path:
+        """Files derived from the models for the query service (the ONNX question encoder)."""
+        return self.query_models_dir or self.home / "models"
 
     def require_secrets(self, *, serving: bool = False) -> None:
         """Refuse to run in production with a secret empty, at a placeholder, or short enough to guess.

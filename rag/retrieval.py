@@ -27,6 +27,7 @@ import numpy as np
 
 from connectors.base import AccessRule
 from rag.catalog.store import CatalogStore, ChunkView
+from rag.questions import QuestionBatcher
 
 Mode = Literal["dense", "bm25", "hybrid"]
 RRF_K = 60
@@ -119,7 +120,7 @@ class AccessMap:
 
 class Retriever:
     def __init__(self, catalog: CatalogStore, embedder: Any, index: Any, lexical: Any, redactor: Any,
-                 reranker: Any | None = None) -> None:
+                 reranker: Any | None = None, question_batch: int = 1) -> None:
         self.catalog = catalog
         self.embedder = embedder
         self.index = index
@@ -127,6 +128,9 @@ class Retriever:
         self.redactor = redactor
         self.reranker = reranker
         self.access = AccessMap(catalog)
+        # Redaction and embedding of questions: in the caller's thread (1), or batched across
+        # concurrent searches in one thread (rag.questions; the service's setting).
+        self.questions = QuestionBatcher(redactor, embedder, max_batch=question_batch)
 
     def refresh(self) -> None:
         """Follow a newly published index generation (the BM25 index follows its own on search)."""
@@ -138,18 +142,19 @@ class Retriever:
     def search(self, question: str, groups: Iterable[str], k: int = 10, mode: Mode = "hybrid",
                depth: int | None = None) -> SearchResult:
         groups = list(groups)
-        redacted = self.redact_question(question)
-        self.refresh()
         allowed = self.access.allowed(groups)
+        dense_wanted = mode in ("dense", "hybrid") and len(allowed) > 0
+        prepared = self.questions.prepare(question, embed=dense_wanted)
+        redacted = prepared.redacted
+        self.refresh()
         version = self.index.loaded_version
         if len(allowed) == 0:
             return SearchResult(redacted, (), mode, 0, version)
         depth = depth or max(4 * k, 50)
         dense: list[int] = []
         lexical: list[int] = []
-        if mode in ("dense", "hybrid"):
-            qv = self.embedder.embed_query(redacted)
-            _, ids, version = self.index.search_versioned(qv, depth, allowed_ids=allowed)
+        if dense_wanted and prepared.vector is not None:
+            _, ids, version = self.index.search_versioned(prepared.vector, depth, allowed_ids=allowed)
             dense = [int(i) for i in ids[0] if i >= 0]
         if mode in ("bm25", "hybrid"):
             lexical = [cid for cid, _ in self.lexical.search(redacted, depth, allowed_ids=allowed)]

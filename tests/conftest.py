@@ -6,9 +6,11 @@ Outbound network is blocked for the whole run, in this process and every Python 
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +29,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("SCARF_NO_ANALYTICS", "true")
+# The query service's ONNX question encoder (rag/onnx_query.py) depends only on the model's weights:
+# one export serves every temporary home of the run, instead of one per ingested home.
+_QUERY_MODELS = tempfile.mkdtemp(prefix="enclave-test-models-")
+atexit.register(shutil.rmtree, _QUERY_MODELS, True)
+os.environ.setdefault("ENCLAVE_QUERY_MODELS_DIR", _QUERY_MODELS)
 sys.path.insert(0, _guard_dir)
 import sitecustomize as _netguard  # noqa: E402
 

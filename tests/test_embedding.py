@@ -75,3 +75,45 @@ def test_passages_are_embedded_from_their_view_and_questions_as_written(model_di
     via_view = embedder.embed_passages(PASSAGES[:1])
     assert np.allclose(via_view, embedder.embed([passage_view(PASSAGES[0])]), atol=1e-5)
     assert not np.allclose(via_view, embedder.embed(PASSAGES[:1]), atol=1e-3)
+
+
+QUESTIONS = [
+    "How much is oxaliplatin reduced for grade 2 neuropathy?",
+    "visiting hours",
+    "<PERSON> phone",
+    "Welche Dosis? Quelle dose? 用量は？",
+    "cardiac " * 400,  # past the model's 256 word-pieces: truncated the same way on both paths
+]
+
+
+def test_the_onnx_question_path_gives_the_torch_vectors_and_keeps_its_graph_honest(model_dir: str,
+                                                                                   tmp_path: Path) -> None:
+    # float32 on both sides (the torch path may run under bfloat16 autocast where the CPU has it natively)
+    torch_path = SentenceTransformerEmbedder(model_dir, "cpu", precision="float32", threads=1, query_encoder="torch")
+    onnx_path = SentenceTransformerEmbedder(model_dir, "cpu", threads=1, query_models_dir=tmp_path / "models",
+                                            query_encoder="onnx")
+    assert torch_path.query_path == "transformers" and onnx_path.query_path == "onnx"
+    graphs = list((tmp_path / "models").glob("*.onnx"))
+    assert len(graphs) == 1 and graphs[0].stat().st_mode & 0o077 == 0  # owner-only, like the rest of the home
+    expected = np.vstack([torch_path.embed_query(q) for q in QUESTIONS])
+    one_by_one = np.vstack([onnx_path.embed_query(q) for q in QUESTIONS])
+    together = onnx_path.embed_queries(QUESTIONS)  # padded to the longest: padding must not move a vector
+    for got in (one_by_one, together):
+        assert got.shape == expected.shape and got.dtype == np.float32
+        assert np.all(np.sum(got * expected, axis=1) > 0.99999)
+
+    # A graph whose bytes are not the exported ones is never loaded: the next start exports it again.
+    from rag import onnx_query
+
+    data = bytearray(graphs[0].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graphs[0].write_bytes(bytes(data))
+    assert not onnx_query.verified(graphs[0], onnx_path.weights_sha256)
+    again = SentenceTransformerEmbedder(model_dir, "cpu", threads=1, query_models_dir=tmp_path / "models")
+    assert again.query_path == "onnx" and onnx_query.verified(graphs[0], again.weights_sha256)
+    assert float(again.embed_query(QUESTIONS[0])[0] @ expected[0]) > 0.99999
+
+
+def test_without_a_models_directory_questions_go_through_torch(model_dir: str) -> None:
+    embedder = SentenceTransformerEmbedder(model_dir, "cpu", threads=1)
+    assert embedder.query_path == "transformers"

@@ -74,6 +74,52 @@ def test_oncology_user_finds_the_discharge_summary(engine: QueryEngine) -> None:
     assert out.result.hits[0].source_uri == "oncology/discharge-summary.txt"
 
 
+def test_concurrent_searches_are_prepared_together_and_find_what_each_finds_alone(engine: QueryEngine) -> None:
+    """Questions of concurrent searches are redacted and embedded in shared batches (rag.questions);
+    each still gets its own redacted question, its own hits and its own audit record."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    questions = ONCOLOGY_QUESTIONS * 3
+    alone = {q: engine.search(q, user="onc1", groups=["oncology"], k=5) for q in ONCOLOGY_QUESTIONS}
+    batcher = engine.retriever.questions
+    batches, prepared = batcher.batches, batcher.prepared
+    head = _audit_count(engine.settings)
+    start = threading.Barrier(8)
+
+    def search(q: str) -> tuple[str, object]:
+        if threading.current_thread().name not in started:
+            started.add(threading.current_thread().name)
+            start.wait(timeout=30)
+        return q, engine.search(q, user="onc1", groups=["oncology"], k=5)
+
+    started: set[str] = set()
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(search, questions))
+    assert batcher.prepared - prepared == len(questions)
+    assert batcher.batches - batches < len(questions)  # some questions shared a batch
+    for q, out in together:
+        assert out.result.question == alone[q].result.question  # type: ignore[attr-defined]
+        assert out.result.hits[0].chunk_id == alone[q].result.hits[0].chunk_id  # type: ignore[attr-defined]
+    assert _audit_count(engine.settings) - head == len(questions)
+    assert len({out.audit.seq for _, out in together}) == len(questions)  # type: ignore[attr-defined]
+
+
+def test_a_failing_item_of_a_batch_gets_its_own_error_and_the_others_their_results() -> None:
+    from rag.questions import each_or_alone
+
+    calls: list[list[int]] = []
+
+    def inverse(xs: list[int]) -> list[float]:
+        calls.append(list(xs))
+        return [1 / x for x in xs]
+
+    out = each_or_alone(inverse, [2, 0, 4])
+    assert out[0] == 0.5 and out[2] == 0.25 and isinstance(out[1], ZeroDivisionError)
+    assert calls == [[2, 0, 4], [2], [0], [4]]
+    assert each_or_alone(inverse, [0])[0].__class__ is ZeroDivisionError
+    assert each_or_alone(inverse, []) == []
+
+
 class CountingGenerator:
     """The real in-process generator, counting the calls that reach it."""
 
