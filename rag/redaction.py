@@ -25,7 +25,8 @@ import hmac
 import re
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -444,6 +445,35 @@ def _sample_removing_ssn_recognizer(base: type[Any]) -> Any:
     return _SampleRemovingSsnRecognizer()
 
 
+# Optional integrations that spaCy (thinc) and Presidio import when they can, and Enclave does not use:
+# thinc's PyTorch layers (the spaCy model here is a CNN on numpy), Presidio's Hugging Face NER
+# recognizer and token pipe. Both packages catch the ImportError and go on without them.
+_OPTIONAL_ML_MODULES = ("torch", "transformers")
+
+
+@contextmanager
+def without_optional_ml_imports() -> Iterator[None]:
+    """Import spaCy and Presidio without torch and ``transformers`` where neither is loaded yet.
+
+    In the query service (questions embedded through onnxruntime, rag/onnx_query.py) nothing else
+    needs them, and importing them for Presidio's and thinc's optional integrations was 3-4 s of a
+    start-up that should take under 5. Only the names' import is refused while this block runs
+    (``sys.modules[name] = None``); a module already imported is left alone, and afterwards torch
+    and ``transformers`` import as usual for whatever needs them (ingestion's embedder, a reranker).
+    """
+    import sys
+
+    blocked = [name for name in _OPTIONAL_ML_MODULES if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]  # the documented way to make an import fail
+    try:
+        yield
+    finally:
+        for name in blocked:
+            if sys.modules.get(name, "") is None:
+                del sys.modules[name]
+
+
 class PresidioRedactor:
     """Presidio + spaCy redactor configured by a :class:`~rag.policy.Policy`.
 
@@ -474,11 +504,12 @@ class PresidioRedactor:
         from rag.config import enforce_offline
 
         enforce_offline()  # before Presidio builds its e-mail recognizer (tldextract)
-        import spacy
-        from presidio_analyzer import AnalyzerEngine, EntityRecognizer, RecognizerRegistry
-        from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
-        from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
-        from presidio_analyzer.predefined_recognizers import PhoneRecognizer, UsSsnRecognizer
+        with without_optional_ml_imports():
+            import spacy
+            from presidio_analyzer import AnalyzerEngine, EntityRecognizer, RecognizerRegistry
+            from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
+            from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
+            from presidio_analyzer.predefined_recognizers import PhoneRecognizer, UsSsnRecognizer
 
         try:
             nlp = spacy.load(self.spacy_model, exclude=list(_NER_ONLY_EXCLUDE))

@@ -26,6 +26,7 @@ import functools
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import regex
 
@@ -238,7 +239,18 @@ class OrdinaryVocabulary:
         """
         lower = word.casefold().replace("’", "'")
         # a compound's frequency is its rarest part's ("Ji-woo"): no measure of the whole word
-        return "-" not in lower and _english_word(self, lower)
+        return "-" not in lower and lower in self.english_words()
+
+    def english_words(self) -> frozenset[str]:
+        """Every word :meth:`english_word` accepts: read from the list shipped with the package when
+        it was computed from this wordfreq release with these thresholds (``rag/data/english_words.txt``),
+        else computed here (loading the 25 other languages' word lists takes ~0.5-1 s, most of the
+        vocabulary's start-up; ``python -m rag.vocabulary`` rewrites the file)."""
+        return _english_words()
+
+    def compute_english_words(self) -> frozenset[str]:
+        english = self._frequencies()
+        return frozenset(w for w in english if "-" not in w and self._english_margin(w))
 
     def _english_margin(self, lower: str) -> bool:
         en = self.zipf(lower)
@@ -254,12 +266,38 @@ class OrdinaryVocabulary:
 
     def warm_up(self) -> None:
         self._frequencies()
-        self._other_languages()
+        self.english_words()
 
 
-@functools.lru_cache(maxsize=65536)
-def _english_word(vocabulary: OrdinaryVocabulary, lower: str) -> bool:
-    return vocabulary._english_margin(lower)
+ENGLISH_WORDS_FILE = Path(__file__).parent / "data" / "english_words.txt"
+
+
+def english_words_header() -> str:
+    """What the shipped list was computed from; a list with another header is not used."""
+    from importlib.metadata import version
+
+    return (f"# wordfreq {version('wordfreq')} en=large others=small ENGLISH={ENGLISH} COMMON={COMMON} "
+            f"ENGLISH_MARGIN={ENGLISH_MARGIN} languages={','.join(_LATIN_SCRIPT_LANGUAGES)}")
+
+
+@functools.cache
+def _english_words() -> frozenset[str]:
+    try:
+        lines = ENGLISH_WORDS_FILE.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        lines = []
+    if lines and lines[0] == english_words_header():
+        return frozenset(lines[1:])
+    return OrdinaryVocabulary().compute_english_words()
+
+
+def write_english_words(path: Path = ENGLISH_WORDS_FILE) -> int:
+    """Recompute the shipped list (after a wordfreq upgrade or a threshold change); returns its size."""
+    words = sorted(OrdinaryVocabulary().compute_english_words())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join([english_words_header(), *words]) + "\n", encoding="utf-8")
+    return len(words)
+
 
 
 # Zipf thresholds, measured on the tuning half of pii-synthetic and the dev slice of
@@ -518,3 +556,9 @@ class VocabularyDetector:
                 continue
             etype = "STREET_ADDRESS" if _ADDRESS_MARKS.search(value) else "PERSON"
             yield VocabularyFinding(etype, m.start(), m.start() + len(value), 0.5, "other-script")
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(f"{write_english_words()} words written to {ENGLISH_WORDS_FILE}\n")

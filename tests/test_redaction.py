@@ -303,3 +303,38 @@ def test_a_name_inside_an_ner_span_dropped_for_its_digits_is_still_redacted(
     # and the vocabulary detector's "Larsen" inside it (deduplicated by Presidio) is put back
     text = "Cost savings have been realized.\n\nCACM July,1962\n\nLarsen, L. J.\n\nCA620703 JB March 17, 1978"
     assert "Larsen" not in default_redactor.redact_text(text).text
+
+
+_REDACT_IN_A_FRESH_PROCESS = """
+import json, sys
+if sys.argv[1] == "torch-first":
+    import torch  # noqa: F401  # as in an ingestion process, where the embedder loaded it first
+from rag.config import Settings
+from rag.policy import load_policy
+from rag.redaction import PresidioRedactor
+texts = json.loads(sys.stdin.read())
+redactor = PresidioRedactor(load_policy("hipaa", Settings().policies_dir), tenant_key=b"k" * 32)
+out = [r.text for r in redactor.redact_many(texts)]
+print(json.dumps({"texts": out, "torch": "torch" in sys.modules, "transformers": "transformers" in sys.modules}))
+"""
+
+
+def test_spacy_and_presidio_redact_the_same_without_their_optional_torch_integrations(tmp_path: Path) -> None:
+    """The query service imports spaCy and Presidio with torch and transformers held back
+    (rag.redaction.without_optional_ml_imports, 3-4 s of start-up): what they find must not change."""
+    import json
+    import subprocess
+    import sys
+
+    texts = ["Margaret Okonkwo (MRN 00482913) was seen on 3 March; call 617-555-0142 or m.okonkwo@example.org.",
+             "Dr. Alan Whitfield reviewed oxaliplatin 85 mg/m2 for grade 2 neuropathy.",
+             "Invoice 88213 for Jae-hyun Park, 12 Rue de la Paix, Paris; IBAN GB82WEST12345698765432."]
+    runs = {}
+    for mode in ("torch-first", "fresh"):
+        done = subprocess.run([sys.executable, "-c", _REDACT_IN_A_FRESH_PROCESS, mode], input=json.dumps(texts),  # noqa: S603
+                              capture_output=True, text=True, check=True, timeout=300)
+        runs[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert runs["fresh"]["torch"] is False and runs["fresh"]["transformers"] is False
+    assert runs["torch-first"]["torch"] is True
+    assert runs["fresh"]["texts"] == runs["torch-first"]["texts"]
+    assert "Okonkwo" not in runs["fresh"]["texts"][0] and "617-555-0142" not in runs["fresh"]["texts"][0]

@@ -121,3 +121,16 @@ def test_the_unseen_set_is_labelled_in_every_format() -> None:
         rows = [json.loads(x) for x in (UNSEEN / part / "labels.jsonl").read_text(encoding="utf-8").splitlines()]
         assert len(rows) == n
         assert {Path(r["file"]).suffix for r in rows} == {".txt", ".md", ".html", ".docx", ".pdf", ".eml"}
+
+
+def test_the_shipped_english_word_list_is_what_wordfreq_gives_now() -> None:
+    """The list read at start-up instead of 25 languages' word lists (rag/data/english_words.txt) was
+    computed from the installed wordfreq with today's thresholds; `python -m rag.vocabulary` rewrites it."""
+    from rag.vocabulary import ENGLISH_WORDS_FILE, OrdinaryVocabulary, english_words_header
+
+    lines = ENGLISH_WORDS_FILE.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == english_words_header()
+    vocabulary = OrdinaryVocabulary()
+    computed = vocabulary.compute_english_words()
+    assert frozenset(lines[1:]) == computed == vocabulary.english_words()
+    assert vocabulary.english_word("treasury") and not vocabulary.english_word("Okonkwo")
