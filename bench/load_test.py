@@ -178,6 +178,7 @@ class RunResult:
     audit: AuditCheck
     error_kinds: dict[str, int] = field(default_factory=dict)
     cpu_ms_per_request: float = 0.0  # CPU the service processes used in the window, per answered request
+    client_cpu_ms_per_request: float = 0.0  # CPU this load generator used in the window (same cores)
 
     @property
     def passed(self) -> bool:
@@ -419,6 +420,7 @@ async def run_once(run: int, target: Target, args: argparse.Namespace) -> RunRes
         head_before = target.log.head().seq
         load_1m = os.getloadavg()[0]
         cpu_before = process_tree_cpu_s(target.pid)
+        client_cpu_before = time.process_time()
         started = time.perf_counter()
         warmup_s = started - warmup_started
         deadline = started + args.seconds
@@ -429,6 +431,7 @@ async def run_once(run: int, target: Target, args: argparse.Namespace) -> RunRes
         probed = await probing
         elapsed = time.perf_counter() - started
         cpu_s = process_tree_cpu_s(target.pid) - cpu_before
+        client_cpu_s = time.process_time() - client_cpu_before
     samples = [s for loop in per_client for s in loop]
     ok = [s for s in samples if s.error is None]
     # an answered request is audited even when the client then rejects it (an access violation)
@@ -448,6 +451,7 @@ async def run_once(run: int, target: Target, args: argparse.Namespace) -> RunRes
         unauth_401=sum(1 for p in probed if p.status == 401 and p.error_type == "unauthenticated"),
         audit=audit, error_kinds=dict(Counter(s.error for s in samples if s.error is not None)),
         cpu_ms_per_request=1000.0 * cpu_s / max(1, len(samples) + len(probed)),
+        client_cpu_ms_per_request=1000.0 * client_cpu_s / max(1, len(samples) + len(probed)),
     )
 
 
@@ -467,6 +471,9 @@ def machine_info() -> dict[str, Any]:
             "torch": installed("torch"), "faiss": installed("faiss-cpu"), "uvicorn": installed("uvicorn")}
 
 
+MEDIAN_KEYS = ("throughput_rps", "p50_ms", "p99_ms", "cpu_ms_per_request", "client_cpu_ms_per_request")
+
+
 def print_table(summary: dict[str, Any]) -> None:
     cfg, m = summary["config"], summary["machine"]
     print(f"Query service load test: {cfg['clients']} clients x {cfg['seconds']:g} s, {cfg['runs']} runs, "
@@ -478,7 +485,7 @@ def print_table(summary: dict[str, Any]) -> None:
           f"{cfg['workers']} worker(s), catalog and audit on {cfg['database']}, {cfg['pad_chunks']} padding chunks")
     header = (f"{'run':>4} {'requests':>8} {'ok':>6} {'errors':>6} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} "
               f"{'401/sent':>8} {'audited':>7} {'missing':>7} {'dup':>4} {'unexp':>5} {'chain':>6} {'load':>5} "
-              f"{'cpu ms/req':>10}")
+              f"{'cpu ms/req':>10} {'client ms':>9}")
     print(header)
     print("-" * len(header))
     for r in summary["runs"]:
@@ -487,7 +494,7 @@ def print_table(summary: dict[str, Any]) -> None:
         print(f"{r['run']:>4} {r['requests']:>8} {r['ok']:>6} {r['errors']:>6} {r['throughput_rps']:>7.1f} "
               f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f} {r['unauth_401']:>4}/{r['unauth_sent']:<3} "
               f"{a['appended']:>7} {a['missing']:>7} {a['duplicated']:>4} {a['unexpected']:>5} {chain:>6} "
-              f"{r['load_1m']:>5.1f} {r['cpu_ms_per_request']:>10.1f}")
+              f"{r['load_1m']:>5.1f} {r['cpu_ms_per_request']:>10.1f} {r.get('client_cpu_ms_per_request', 0.0):>9.1f}")
     med = summary["median"]
     print(f"{'med':>4} {'':>8} {'':>6} {'':>6} {med['throughput_rps']:>7.1f} {med['p50_ms']:>8.1f} "
           f"{med['p99_ms']:>8.1f} {'':>8} {'':>7} {'':>7} {'':>4} {'':>5} {'':>6} {'':>5} "
@@ -595,9 +602,9 @@ def main() -> int:
         "machine": machine_info(), "ingest_s": ingest_s, "startup_s": startup_s, "startup_cpu_s": startup_cpu_s,
         "runs": [{**asdict(r), "passed": r.passed} for r in results],
         "median": {key: statistics.median(getattr(r, key) for r in results)
-                   for key in ("throughput_rps", "p50_ms", "p99_ms", "cpu_ms_per_request")},
+                   for key in MEDIAN_KEYS},
         "sweep": {n: {"median": {key: statistics.median(getattr(r, key) for r in rs)
-                                 for key in ("throughput_rps", "p50_ms", "p99_ms", "cpu_ms_per_request")},
+                                 for key in MEDIAN_KEYS},
                       "errors": sum(r.errors for r in rs), "passed": all(r.passed for r in rs)}
                   for n, rs in sweep.items()},
         "passed": all(r.passed for r in results) and all(r.passed for rs in sweep.values() for r in rs),

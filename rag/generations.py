@@ -38,14 +38,25 @@ def write_durably(path: Path, data: bytes) -> None:
 class GenerationDirectory:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
+        # The manifest last read and the file identity it was read at: every search asks which
+        # generation is in force, and a stat() answers that for the price of reading and parsing it.
+        # A publish replaces the file (a new inode), so its identity changes whenever it does.
+        self._read: tuple[tuple[int, int, int, int], dict[str, Any]] | None = None
 
     def manifest(self) -> dict[str, Any] | None:
         """The manifest in force, or None before the first generation."""
         path = self.directory / MANIFEST
-        if not path.exists():
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
             return None
+        identity = (st.st_ino, st.st_dev, st.st_mtime_ns, st.st_size)
+        read = self._read
+        if read is not None and read[0] == identity:
+            return dict(read[1])
         manifest: dict[str, Any] = json.loads(path.read_text())
-        return manifest
+        self._read = (identity, manifest)
+        return dict(manifest)
 
     def path(self, manifest: Mapping[str, Any]) -> Path:
         """The generation directory a manifest names."""

@@ -118,7 +118,8 @@ class Bm25Index:
             if not tokens:
                 return []
             k = min(k, len(self._ids))
-            docs, scores = self._model.retrieve([tokens], k=k, show_progress=False, weight_mask=mask, n_threads=1)
+            docs, scores = self._model.retrieve([tokens], k=k, show_progress=False, weight_mask=mask,
+                                                  n_threads=0)  # 0: in this thread (1 starts a pool per call)
             out = []
             for pos, score in zip(docs[0], scores[0], strict=True):
                 if score > 0 and (mask is None or mask[int(pos)] > 0):
