@@ -111,6 +111,28 @@ def test_llamacpp_same_request_gives_same_text_at_temperature_zero(
     assert first.text == second.text
 
 
+def test_checking_the_grammar_on_the_models_choice_first_gives_the_same_reply_with_fewer_checks(
+    smollm2_generator: LlamaCppGenerator,  # noqa: F811
+) -> None:
+    """GrammarFirstGreedy: the greedy reply under the grammar is the one llama-cpp-python's own grammar
+    stage gives, while the grammar saw the whole vocabulary for only a few of its tokens."""
+    messages, schema = messages_and_schema()
+    other = [{**messages[0]}, {"role": "user", "content": messages[1]["content"].replace(QUESTION, "Is parking free?")}]
+    for prompt in (messages, other):
+        fast = smollm2_generator.generate(prompt, schema, PARAMS)
+        counts = smollm2_generator.last_grammar
+        assert counts is not None and counts.tokens >= fast.completion_tokens
+        assert counts.fallbacks < counts.tokens / 2
+        smollm2_generator.grammar_first = False
+        try:
+            slow = smollm2_generator.generate(prompt, schema, PARAMS)
+        finally:
+            smollm2_generator.grammar_first = True
+        assert smollm2_generator.last_grammar is None
+        assert fast.text == slow.text and fast.completion_tokens == slow.completion_tokens
+        assert_schema_valid_reply(fast.text)
+
+
 def test_llamacpp_concurrent_callers_each_get_a_valid_reply(
     smollm2_generator: LlamaCppGenerator,  # noqa: F811
 ) -> None:

@@ -18,6 +18,7 @@ every :class:`~rag.llm.base.Generation` names the exact weights that produced it
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import importlib.util
@@ -83,10 +84,96 @@ def _grammar_for(schema_json: str) -> LlamaGrammar:
     return LlamaGrammar.from_json_schema(schema_json, verbose=False)
 
 
+class GrammarFirstGreedy:
+    """Greedy decoding under a GBNF grammar that asks the grammar about the model's own choice first.
+
+    llama-cpp-python puts llama.cpp's grammar sampler in front of the greedy one, so each token the
+    grammar checks every entry of the vocabulary (49,152 for SmolLM2) against its parse stacks: on
+    2 cores that made a reply 8 tokens/s instead of 50-140 (bench/RESULTS.md). llama.cpp's own
+    sampling code (``common_sampler_sample``) avoids that by checking only the token the model chose
+    and falling back to the whole vocabulary when the grammar rejects it; this does the same as a
+    logits processor (the first stage of the sampler chain, where the logits are still in vocabulary
+    order): the argmax is offered to the grammar alone; if rejected, the grammar filters the whole
+    vocabulary and the best survivor is taken. Either way every other token is set to -inf, so the
+    chain's greedy stage can only take the token the grammar accepted, and the grammar is advanced
+    with it. The output is the one the slow path gives (greedy under the grammar); only the number
+    of tokens the grammar looks at changes. Used for temperature 0 (the default); sampling at a
+    temperature keeps llama-cpp-python's grammar stage.
+    """
+
+    def __init__(self, llama: Llama, grammar: LlamaGrammar) -> None:
+        import llama_cpp
+        import numpy as np
+
+        self._lib = llama_cpp
+        self._np = np
+        sampler = llama_cpp.llama_sampler_init_grammar(
+            llama._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8"))
+        if not sampler:
+            raise ValueError("llama.cpp did not accept the grammar")
+        self._sampler = sampler
+        self._one = (llama_cpp.llama_token_data * 1)()
+        self._one_array = llama_cpp.llama_token_data_array(data=self._one, size=1, selected=-1, sorted=False)
+        self._n_vocab = int(llama.n_vocab())
+        self._all: Any = None
+        self._all_array: Any = None
+        self.fallbacks = 0  # tokens for which the whole vocabulary went through the grammar
+        self.tokens = 0
+
+    def _accepts(self, token: int, logit: float) -> bool:
+        self._one[0] = self._lib.llama_token_data(token, logit, 0.0)
+        self._one_array.selected = -1
+        self._one_array.sorted = False
+        self._lib.llama_sampler_apply(self._sampler, ctypes.byref(self._one_array))
+        return bool(self._np.isfinite(self._one[0].logit))
+
+    def _best_allowed(self, logits: Any) -> int:
+        np = self._np
+        if self._all is None:
+            self._all = (self._lib.llama_token_data * self._n_vocab)()
+            self._all_array = self._lib.llama_token_data_array(data=self._all, size=self._n_vocab, selected=-1,
+                                                               sorted=False)
+        view = np.ctypeslib.as_array(self._all)
+        view["id"] = np.arange(self._n_vocab, dtype=np.int32)
+        view["logit"] = logits
+        view["p"] = 0.0
+        self._all_array.size = self._n_vocab
+        self._all_array.selected = -1
+        self._all_array.sorted = False
+        self._lib.llama_sampler_apply(self._sampler, ctypes.byref(self._all_array))
+        size = int(self._all_array.size)  # the grammar marks rejected tokens -inf (and may not reorder)
+        allowed = view[:size]
+        finite = np.isfinite(allowed["logit"])
+        if not finite.any():
+            raise GeneratorFailedError(GenerationFailure.FAILED, BACKEND, "the grammar allows no next token")
+        candidates = allowed[finite]
+        return int(candidates["id"][int(np.argmax(candidates["logit"]))])
+
+    def __call__(self, input_ids: Any, logits: Any) -> Any:
+        np = self._np
+        self.tokens += 1
+        best = int(np.argmax(logits))
+        if not self._accepts(best, float(logits[best])):
+            self.fallbacks += 1
+            best = self._best_allowed(logits)
+        self._lib.llama_sampler_accept(self._sampler, best)
+        out = np.full(len(logits), -np.inf, dtype=np.float32)
+        out[best] = 0.0
+        return out
+
+    def close(self) -> None:
+        if self._sampler is not None:
+            self._lib.llama_sampler_free(self._sampler)
+            self._sampler = None
+
+
 class LlamaCppGenerator:
     """A GGUF model run in this process by llama.cpp, JSON schema enforced by grammar."""
 
     backend = BACKEND
+    # Greedy replies check the grammar on the model's choice first (GrammarFirstGreedy); False gives
+    # llama-cpp-python's own grammar stage (the same replies, several times slower; tests compare them).
+    grammar_first = True
 
     def __init__(
         self, model_path: str | Path, n_ctx: int = 4096, n_threads: int | None = None, timeout_s: float | None = None
@@ -98,6 +185,7 @@ class LlamaCppGenerator:
         self._llama: Llama | None = None
         self._model_hash: str | None = None
         self._lock = threading.Lock()
+        self.last_grammar: GrammarFirstGreedy | None = None  # of the last reply (its counts, for tests)
 
     @property
     def model_hash(self) -> str | None:
@@ -157,15 +245,21 @@ class LlamaCppGenerator:
                 ) from exc
         # Held for the whole stream: a plain Lock, so the thread that finishes the stream may
         # differ from the one that started it (a web server iterates a response in a pool).
+        from llama_cpp import LogitsProcessorList
+
         with self._lock:
             llama = self._load()
             pieces: list[str] = []
             finish_reason: str | None = None
             chunks: Any = None
+            greedy = GrammarFirstGreedy(llama, grammar) \
+                if grammar is not None and params.temperature == 0 and self.grammar_first else None
+            self.last_grammar = greedy
             try:
                 chunks = llama.create_chat_completion(
                     messages=[dict(message) for message in messages],  # type: ignore[misc]  # TypedDict shapes
-                    grammar=grammar,
+                    grammar=None if greedy is not None else grammar,
+                    logits_processor=LogitsProcessorList([greedy]) if greedy is not None else None,
                     temperature=params.temperature,
                     top_p=params.top_p,
                     max_tokens=params.max_tokens,
@@ -189,6 +283,8 @@ class LlamaCppGenerator:
             finally:
                 if chunks is not None:
                     chunks.close()  # stops sampling when the caller stopped early
+                if greedy is not None:
+                    greedy.close()
             # llama.cpp's context now holds prompt + reply; each streamed piece is one token.
             completion_tokens = len(pieces)
             prompt_tokens = max(0, int(llama.n_tokens) - completion_tokens)
