@@ -76,6 +76,28 @@ def test_openai_compatible_server_streams_several_pieces(llama_server: LlamaServ
     assert "".join(pieces) == generation.text and generation.model == llama_server.model
 
 
+def test_the_vllm_engine_streams_several_pieces_of_a_schema_bound_reply() -> None:
+    """vLLM's async engine in this process (rag/llm/vllm_engine.py). It needs vllm, a CUDA GPU and a
+    local model directory (ENCLAVE_TEST_VLLM_MODEL, e.g. SmolLM2-135M-Instruct's Hugging Face files):
+    on a machine without them it says so and skips; on a GPU host it is the test of this backend."""
+    import os
+
+    model = os.environ.get("ENCLAVE_TEST_VLLM_MODEL", "")
+    if not model:
+        pytest.skip("ENCLAVE_TEST_VLLM_MODEL names no local model directory (a GPU host with vllm runs this)")
+    pytest.importorskip("vllm", reason="vllm is not installed (the vllm extra, on a GPU host)")
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU: vLLM's engine runs on a GPU")
+    generator = VllmGenerator(model, max_model_len=2048, timeout_s=120)
+    schema = Answerer(generator, PARAMS, 4000).prompt("When?", PASSAGES).schema
+    pieces, generation = _drain(generator.stream(MESSAGES, schema, PARAMS))
+    assert len(pieces) > 3  # as the engine produced them, not one block
+    assert "".join(pieces) == generation.text and generation.backend == "vllm"
+    reply = json.loads(generation.text)
+    assert set(reply["citations"]) <= {"P1"} and reply["answer"].strip()
+
+
 def test_llamacpp_generation_past_its_time_limit_stops_with_a_timeout() -> None:
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
     generator = LlamaCppGenerator(bundled_gguf_path(), n_ctx=2048, timeout_s=0.2)
