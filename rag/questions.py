@@ -1,23 +1,25 @@
-"""The question path's model work, done for concurrent requests together in one thread.
+"""The question path's model work, done for concurrent requests together in two stage threads.
 
 Every search redacts its question (spaCy NER + Presidio) and embeds the redacted text (the query
 encoder). Run in each request's own thread, eight concurrent requests on two cores cost nearly
 twice the CPU of the same requests one after another (measured: 20.2 against 11.2 ms per search):
 the threads take turns on the GIL and evict each other's caches. The :class:`QuestionBatcher`
-gives that work one thread: a request hands its question over and waits; the thread takes every
-question waiting at that moment, redacts them in one batched NER pass
-(:meth:`~rag.redaction.PresidioRedactor.redact_many`) and embeds them in one forward pass
-(:meth:`~rag.embedding.SentenceTransformerEmbedder.embed_queries`), and hands each request its
-own result. Batches form only from requests that are already waiting, so a lone request is never
-held back to wait for company.
+gives that work two threads: a request hands its question over and waits; the redaction thread
+takes every question waiting at that moment and redacts them in one batched NER pass
+(:meth:`~rag.redaction.PresidioRedactor.redact_many`), the embedding thread takes every redacted
+question waiting for it and embeds them in one forward pass
+(:meth:`~rag.embedding.SentenceTransformerEmbedder.embed_queries`), so one batch is embedded
+(onnxruntime releases the GIL) while the next is redacted; each request gets its own result.
+Batches form only from requests that are already waiting, so a lone request is never held back to
+wait for company.
 
 Each question is still redacted on its own terms (a batch is a list of independent texts), and a
 failure is each request's own: when a batched step raises, its questions are retried one by one,
 so the question that fails gets its exception (raised in the request's thread, where the query
 engine audits it) and the others their results.
 
-The thread starts with the first question and ends after a while with none; it is a daemon, so it
-never holds a process open.
+Each thread starts with the first question it gets and ends after a while with none; both are
+daemons, so they never hold a process open.
 """
 
 from __future__ import annotations
