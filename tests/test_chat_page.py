@@ -11,15 +11,12 @@ Run on its own: ``pytest tests/test_chat_page.py``; the screenshot lands in docs
 from __future__ import annotations
 
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-import uvicorn
-from llm_server import free_loopback_port, smollm2_generator  # noqa: F401  # session fixture
+from llm_server import free_loopback_port, serving, smollm2_generator  # noqa: F401  # session fixture
 from sqlalchemy import select
 from test_query_service import ingested  # noqa: F401  # module fixture: the sample corpus, ingested
 
@@ -39,18 +36,6 @@ if not CHROMIUM.exists():
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-
-
-def _serve(engine: QueryEngine, settings: Settings) -> tuple[str, uvicorn.Server, threading.Thread]:
-    app = create_app(settings, engine_factory=lambda s: engine)
-    port = free_loopback_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}", srv, thread
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +58,8 @@ def private_settings(ingested: Settings, tmp_path_factory: pytest.TempPathFactor
 def site(private_settings: Settings, smollm2_generator: LlamaCppGenerator) -> Iterator[str]:  # noqa: F811
     engine = QueryEngine(private_settings, generator=smollm2_generator)
     engine.warm_up()
-    url, srv, thread = _serve(engine, private_settings)
-    yield url
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(private_settings, engine_factory=lambda s: engine)) as url:
+        yield url
     engine.close()
 
 
@@ -86,10 +69,8 @@ def site_with_model_down(private_settings: Settings) -> Iterator[str]:
                                      connect_attempts=1)
     engine = QueryEngine(private_settings, generator=down)
     engine.warm_up()
-    url, srv, thread = _serve(engine, private_settings)
-    yield url
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(private_settings, engine_factory=lambda s: engine)) as url:
+        yield url
     engine.close()
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +17,8 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-import uvicorn
 from click.testing import CliRunner
-from llm_server import free_loopback_port, smollm2_generator  # noqa: F401  # session fixture
+from llm_server import free_loopback_port, serving, smollm2_generator  # noqa: F401  # session fixture
 from test_query_service import JWT_KEY, _token, engine, ingested, server  # noqa: F401  # module fixtures
 
 from rag.audit import AuditLog
@@ -124,17 +122,8 @@ def slow_server(ingested: Settings, tmp_path: Path) -> Iterator[tuple[str, Query
     generator = LlamaCppGenerator(bundled_gguf_path(), n_ctx=2048, timeout_s=0.3)
     eng = QueryEngine(settings, generator=generator)
     eng.warm_up()
-    app = create_app(settings, engine_factory=lambda s: eng)
-    port = free_loopback_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", eng
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(settings, engine_factory=lambda s: eng)) as url:
+        yield url, eng
 
 
 def test_a_generation_that_fails_mid_stream_leaves_a_chained_timeout_record(

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from llm_server import free_loopback_port
+from llm_server import serving
 
 from pipelines.run import run_ingest
 from rag.audit import AuditLog
@@ -49,17 +48,8 @@ def corpus_and_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
 @pytest.fixture
 def service(corpus_and_home: tuple[Path, Settings]) -> Iterator[str]:
     _, settings = corpus_and_home
-    port = free_loopback_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the service did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=30)
+    with serving(create_app(settings), startup_s=120) as url:
+        yield url
 
 
 def _vector_version(settings: Settings) -> str:

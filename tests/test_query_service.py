@@ -10,15 +10,13 @@ import json
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
-from llm_server import free_loopback_port, llama_server, smollm2_generator  # noqa: F401  # fixtures
+from llm_server import free_loopback_port, llama_server, serving, smollm2_generator  # noqa: F401  # fixtures
 from sqlalchemy import select
 
 from rag.audit import AuditLog
@@ -216,18 +214,10 @@ def test_a_model_that_is_down_is_audited_as_an_error_outcome(ingested: Settings)
 @pytest.fixture(scope="module")
 def server(ingested: Settings, engine: QueryEngine) -> Iterator[str]:
     app = create_app(ingested, engine_factory=lambda s: engine)
-    port = free_loopback_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     # the shared engine must outlive this server: close() is the module fixture's job
     engine_close, engine.close = engine.close, lambda: None  # type: ignore[method-assign]  # the module fixture closes the shared engine
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with serving(app) as url:
+        yield url
     engine.close = engine_close  # type: ignore[method-assign]  # the module fixture closes the shared engine
 
 

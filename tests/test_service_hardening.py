@@ -13,7 +13,6 @@ import os
 import shutil
 import socket
 import stat
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -23,8 +22,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-import uvicorn
-from llm_server import free_loopback_port, smollm2_generator  # noqa: F401  # fixtures
+from llm_server import free_loopback_port, serving, smollm2_generator  # noqa: F401  # fixtures
 from pydantic import SecretStr
 from sqlalchemy import text
 
@@ -72,19 +70,11 @@ def running(settings: Settings, engine: QueryEngine) -> Iterator[str]:
 
 @contextmanager
 def running_app(app: Any, engine: QueryEngine) -> Iterator[str]:
-    port = free_loopback_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     engine_close, engine.close = engine.close, lambda: None  # type: ignore[method-assign]  # shared engine
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started and time.monotonic() < deadline:
-        time.sleep(0.05)
     try:
-        yield f"http://127.0.0.1:{port}"
+        with serving(app) as url:
+            yield url
     finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
         engine.close = engine_close  # type: ignore[method-assign]  # shared engine
 
 
