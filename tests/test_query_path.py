@@ -15,21 +15,13 @@ from typing import Any
 import numpy as np
 import pytest
 from sqlalchemy import insert, update
+from test_index import DIM, _vectors  # unit vectors by id, as the index tests use them
 
 from rag.catalog.models import Chunk, Document
 from rag.catalog.store import CatalogStore
 from rag.config import Settings
 from rag.index import FaissIndex
 from rag.retrieval import AccessMap
-
-DIM = 16
-
-
-def _vectors(ids: np.ndarray) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    table = rng.normal(size=(1000, DIM)).astype(np.float32)
-    table /= np.linalg.norm(table, axis=1, keepdims=True)
-    return table[np.asarray(ids) % 1000]
 
 
 @pytest.fixture
