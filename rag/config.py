@@ -141,6 +141,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     # ...and refused (408) when the body has not all arrived this long after the request began.
     body_timeout_s: float = Field(default=30.0, gt=0)
+    # A keep-alive connection is closed after this many requests (0: never), so that long-lived
+    # connections from a gateway or a pool spread again over the service's processes and replicas:
+    # the reconnect goes to whichever process accepts first, the least busy one as a rule (nginx's
+    # keepalive_requests, default 1000, does the same). On a 2-core host two balanced workers did
+    # worse than one busy one (bench/RESULTS.md), so the default only rebalances slowly.
+    keepalive_requests: int = Field(default=1000, ge=0)
     max_token_bytes: int = Field(default=8192, ge=256)  # a bearer token
     max_groups: int = Field(default=256, ge=1)  # in a JWT groups claim or the trusted groups header
     # Per identity, e.g. "60/minute" (the ``limits`` notation); "" is off. None: off in development,

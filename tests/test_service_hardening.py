@@ -32,6 +32,7 @@ from rag.errors import RequestFailedError
 from rag.query import QueryEngine
 from rag.service.app import create_app
 from rag.service.auth import issue_token
+from rag.service.guard import ConnectionBudget
 
 JWT_KEY = "test-signing-key-that-is-long-enough-for-hs256"
 TENANT_KEY = "tenant-key-for-the-hardening-tests-0123456789"
@@ -394,6 +395,50 @@ def test_the_rate_limit_answers_429_per_identity_and_audits_each_refusal(ingeste
         other = httpx.post(url + "/v1/search", json={"question": "visiting hours"},
                            headers=_auth(ingested, "calm", ("staff",)))
         assert other.status_code == 200  # the limit is per identity
+
+
+def test_a_keep_alive_connection_is_closed_after_its_request_budget(ingested: Settings,
+                                                                    engine: QueryEngine) -> None:
+    """Long-lived connections spread again over the service's processes: after ``keepalive_requests``
+    the response says ``Connection: close`` and the server closes the socket; a fresh one is served."""
+    request = b"GET /healthz HTTP/1.1\r\nHost: enclave\r\nConnection: keep-alive\r\n\r\n"
+
+    def responses(sock: socket.socket, count: int) -> list[bytes]:
+        """``count`` requests one after another on ``sock``; each response's head."""
+        heads = []
+        for _ in range(count):
+            sock.sendall(request)
+            data = b""
+            while b"\r\n\r\n" not in data or not data.endswith(b"}"):
+                chunk = sock.recv(65536)
+                assert chunk, "the server closed the connection before its budget was spent"
+                data += chunk
+            heads.append(data.split(b"\r\n\r\n", 1)[0].lower())
+        return heads
+
+    with running(ingested.model_copy(update={"keepalive_requests": 3}), engine) as url:
+        host, port = url.removeprefix("http://").split(":")
+        for _ in range(2):  # the second connection gets a budget of its own
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                heads = responses(sock, 3)
+                assert [b"connection: close" in h for h in heads] == [False, False, True]
+                assert all(h.startswith(b"http/1.1 200") for h in heads)
+                sock.settimeout(5)
+                assert sock.recv(65536) == b"", "the server kept the connection open past its budget"
+    with running(ingested.model_copy(update={"keepalive_requests": 0}), engine) as url:  # 0: no budget
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            assert not any(b"connection: close" in h for h in responses(sock, 5))
+
+
+def test_the_connection_budget_forgets_the_oldest_connections_beyond_its_bound() -> None:
+    budget = ConnectionBudget(limit=2)
+    budget.MAX_TRACKED = 3
+    scopes = [{"client": ("127.0.0.1", port), "server": ("127.0.0.1", 8080)} for port in range(5)]
+    assert not any(budget.last_request(s) for s in scopes)  # five connections, one request each
+    assert budget.last_request(scopes[4]) and budget.last_request(scopes[3]) and budget.last_request(scopes[2])
+    assert not budget.last_request(scopes[0])  # forgotten: counted from one again
+    assert not ConnectionBudget(limit=2).last_request({"client": None})  # a Unix socket: no budget
 
 
 # --- the OpenAPI schema, fuzzed against the running service ---------------------------------------

@@ -110,6 +110,39 @@ class RateLimiter:
         return max(1.0, reset_at - time.time())
 
 
+class ConnectionBudget:
+    """Requests per keep-alive connection: the last one's response says ``Connection: close``.
+
+    Keep-alive connections outlive the balance they were opened in: a pool of eight connections that
+    all landed on one of two service processes (asyncio accepts every pending connection in one go)
+    stays there, and the other process idles. Closing each connection after ``limit`` requests
+    lets the kernel hand the reconnect to whichever process accepts first. Connections are told
+    apart by the client's address and port (ASGI gives no connection object); those that end
+    before their budget are forgotten oldest first once more than ``MAX_TRACKED`` are counted.
+    """
+
+    MAX_TRACKED = 4096
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._served: dict[Any, int] = {}
+
+    def last_request(self, scope: Scope) -> bool:
+        """Count this request on its connection; True if the connection should close after it."""
+        client = scope.get("client")
+        if not self.limit or client is None:
+            return False
+        key = (tuple(client), tuple(scope.get("server") or ()))
+        served = self._served.pop(key, 0) + 1
+        if served >= self.limit:
+            return True
+        self._served[key] = served  # re-inserted: the dict stays in order of last use
+        if len(self._served) > self.MAX_TRACKED:
+            for stale in list(self._served)[: len(self._served) - self.MAX_TRACKED]:
+                del self._served[stale]
+        return False
+
+
 class ServiceGuard:
     def __init__(self, app: ASGIApp, settings: Settings, metrics: ServiceMetrics) -> None:
         self.app = app
@@ -117,6 +150,7 @@ class ServiceGuard:
         self.metrics = metrics
         rate = settings.effective_rate_limit
         self.rate = RateLimiter(rate) if rate else None
+        self.connections = ConnectionBudget(settings.keepalive_requests)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -128,12 +162,17 @@ class ServiceGuard:
         status = {"code": 500}
         sent = False
 
+        closing = self.connections.last_request(scope)
+
         async def send_with_id(message: Message) -> None:
             nonlocal sent
             if message["type"] == "http.response.start":
                 status["code"], sent = message["status"], True
                 message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+                extra = [(b"x-request-id", request_id.encode())]
+                if closing:  # the server closes the connection once this response is sent
+                    extra.append((b"connection", b"close"))
+                message["headers"] = [*message["headers"], *extra]
             await send(message)
 
         try:
