@@ -17,6 +17,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rag.config import Settings, load_settings, secure_home
@@ -143,15 +144,18 @@ def create_app(settings: Settings | None = None,
                                          headers={"WWW-Authenticate": "Bearer"})
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    # search and ask block (models, catalog, audit commit): they run in a worker thread. The route
+    # itself is async so that FastAPI checks the response model on the event loop, not in a second
+    # hop to a worker thread as it does for a sync route.
     @app.post("/v1/search", response_model=SearchResponse)
-    def search(req: SearchRequest, who: PrincipalDep, eng: EngineDep, request: Request) -> SearchResponse:
-        out = serving.search(eng, who, req, request.state.request_id)
+    async def search(req: SearchRequest, who: PrincipalDep, eng: EngineDep, request: Request) -> SearchResponse:
+        out = await run_in_threadpool(serving.search, eng, who, req, request.state.request_id)
         request.state.audited = True
         return out
 
     @app.post("/v1/ask", response_model=AskResponse)
-    def ask(req: AskRequest, who: PrincipalDep, eng: EngineDep, request: Request) -> AskResponse:
-        out = serving.ask(eng, who, req, request.state.request_id)
+    async def ask(req: AskRequest, who: PrincipalDep, eng: EngineDep, request: Request) -> AskResponse:
+        out = await run_in_threadpool(serving.ask, eng, who, req, request.state.request_id)
         request.state.audited = True
         return out
 
@@ -169,7 +173,7 @@ def create_app(settings: Settings | None = None,
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     @app.get("/v1/whoami")
-    def whoami(who: PrincipalDep) -> dict[str, Any]:
+    async def whoami(who: PrincipalDep) -> dict[str, Any]:
         return {"user": who.user, "groups": list(who.groups), "authenticated_via": who.via}
 
     add_chat_page(app)
@@ -179,7 +183,7 @@ def create_app(settings: Settings | None = None,
         return serving.reveal(eng, who, req)
 
     @app.get("/v1/models")
-    def models(who: PrincipalDep) -> dict[str, Any]:
+    async def models(who: PrincipalDep) -> dict[str, Any]:
         return {"object": "list", "data": [{"id": "enclave", "object": "model", "owned_by": "enclave"}]}
 
     return app
