@@ -228,10 +228,9 @@ class SentenceTransformerEmbedder:
         from rag import onnx_query
 
         assert self.query_models_dir is not None
-        path = onnx_query.graph_path(self.query_models_dir, self.model_path.name, self.weights_sha256)
         try:
-            if not onnx_query.verified(path, self.weights_sha256):
-                path = onnx_query.export(self.model_path, self.query_models_dir, self.weights_sha256)
+            # a verified graph is used as it is (export checks before it imports torch)
+            path = onnx_query.export(self.model_path, self.query_models_dir, self.weights_sha256)
             self._onnx = onnx_query.OnnxQueryEncoder(path, self.model_path, self.threads or 1)
         except (OSError, ImportError, RuntimeError, ValueError) as exc:
             if self.query_encoder == "onnx":

@@ -23,7 +23,6 @@ cannot, falls back to torch).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from connectors.filesystem import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,6 @@ def _sidecar(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def _file_sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def available() -> bool:
     """Whether onnxruntime and ``tokenizers`` can be imported here (the run-time side)."""
     import importlib.util
@@ -66,7 +62,7 @@ def verified(path: Path, weights_sha256: str) -> bool:
     try:
         meta = json.loads(_sidecar(path).read_text())
         return (meta.get("format") == GRAPH_FORMAT and meta.get("weights_sha256") == weights_sha256
-                and path.is_file() and _file_sha256(path) == meta.get("graph_sha256"))
+                and path.is_file() and file_sha256(path) == meta.get("graph_sha256"))
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -112,7 +108,7 @@ def export(model_dir: Path, models_dir: Path, weights_sha256: str) -> Path:
                               output_names=["embedding"], opset_version=OPSET, dynamo=False,
                               dynamic_axes={name: {0: "batch", 1: "tokens"} for name in _INPUTS})
         tmp.chmod(0o600)
-        meta = {"format": GRAPH_FORMAT, "weights_sha256": weights_sha256, "graph_sha256": _file_sha256(tmp),
+        meta = {"format": GRAPH_FORMAT, "weights_sha256": weights_sha256, "graph_sha256": file_sha256(tmp),
                 "model": model_dir.name, "torch": torch.__version__, "opset": OPSET}
         side_tmp = tmp.with_suffix(".json")
         side_tmp.write_text(json.dumps(meta, indent=1))

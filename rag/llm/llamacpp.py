@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import importlib.util
 import json
 import os
@@ -29,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from connectors.filesystem import file_sha256
 from rag.errors import ConfigurationError, MissingExtraError
 from rag.llm.base import (
     ChatMessage,
@@ -70,11 +70,6 @@ def bundled_gguf_path() -> Path:
         if found:
             return found[0]
     raise ConfigurationError(f"package {_BUNDLED_PACKAGE} holds no .gguf file; reinstall it")
-
-
-def file_sha256(path: Path) -> str:
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 @functools.lru_cache(maxsize=64)
